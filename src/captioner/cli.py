@@ -1,0 +1,117 @@
+"""The `captioner` command: one argparse parser with a subcommand per job.
+
+Flags use the underscore spellings common captioning scripts use (`--batch_size`); the dashed spelling
+(`--batch-size`) is accepted too. Errors a user can cause print one line, no traceback, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from captioner.errors import CaptionerError
+
+
+def flag(parser: argparse._ActionsContainer, name: str, **options) -> None:
+    """Add `--some_flag` together with its `--some-flag` spelling."""
+    names = [name] + ([name.replace("_", "-")] if "_" in name else [])
+    parser.add_argument(*names, dest=name.lstrip("-"), **options)
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    from captioner.data.formats import DATASET_TYPES
+
+    group = parser.add_argument_group("dataset")
+    flag(group, "--dataset_type", choices=DATASET_TYPES, default="shapes",
+         help="caption format / dataset (default: shapes, the synthetic set drawn on the fly)")
+    flag(group, "--data_dir", type=Path, help="dataset folder (for shapes: where to draw it; default a cache folder)")
+    flag(group, "--captions_file", type=Path, help="caption file to use instead of the one found in --data_dir")
+    flag(group, "--max_images", type=int, help="use only this many images, the same share of every split")
+    flag(group, "--subset_fraction", type=float, help="use only this share (0-1] of every split")
+    flag(group, "--seed", type=int, default=42, help="seed for subsets, splits and training (default 42)")
+    flag(group, "--freq_threshold", type=int, default=5, help="keep words seen at least this often (default 5)")
+    flag(group, "--max_vocab", type=int, help="cap the vocabulary at this many words, specials included")
+
+
+def load_dataset_from_args(args: argparse.Namespace):
+    from captioner.data.formats import load_dataset
+    from captioner.data.records import Dataset, take_subset
+
+    dataset = load_dataset(args.dataset_type, args.data_dir, captions_file=args.captions_file, seed=args.seed)
+    if args.max_images is not None or args.subset_fraction is not None:
+        try:
+            records = take_subset(dataset.records, args.max_images, args.subset_fraction, args.seed)
+        except ValueError as error:
+            raise CaptionerError(str(error)) from error
+        dataset = Dataset(dataset.name, records, dataset.report)
+    return dataset
+
+
+# ---------------------------------------------------------------- data
+
+
+def run_data_stats(args: argparse.Namespace) -> int:
+    from captioner.data.stats import dataset_stats, format_stats
+
+    dataset = load_dataset_from_args(args)
+    stats = dataset_stats(dataset, args.freq_threshold, args.max_vocab)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_stats(stats, dataset.report.summary()))
+    return 0
+
+
+def run_data_download(args: argparse.Namespace) -> int:
+    from captioner.data.download import download_dataset
+
+    folder = download_dataset(args.name, args.data_dir, base_url=args.base_url)
+    print(f"{args.name} is ready in {folder}")
+    return 0
+
+
+def add_data_commands(subcommands: argparse._SubParsersAction) -> None:
+    data = subcommands.add_parser("data", help="inspect or download datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{stats,download}")
+
+    stats = data_commands.add_parser("stats", help="images, captions, splits, skipped items, vocabulary size")
+    add_dataset_args(stats)
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(run=run_data_stats)
+
+    from captioner.data.download import DOWNLOADS
+
+    download = data_commands.add_parser("download", help="download a public dataset (needs a network)")
+    download.add_argument("name", choices=sorted(DOWNLOADS))
+    flag(download, "--data_dir", type=Path, required=True, help="folder to download and extract into")
+    flag(download, "--base_url", help=argparse.SUPPRESS)  # tests point this at a loopback server
+    download.set_defaults(run=run_data_download)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from captioner import __version__
+
+    parser = argparse.ArgumentParser(prog="captioner", description="Train, evaluate and use image captioning models.")
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_commands(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CaptionerError as error:
+        print(f"captioner: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
