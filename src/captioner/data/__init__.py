@@ -1,0 +1,1 @@
+"""Datasets: every caption format read into one record type, caption cleaning and the vocabulary."""
