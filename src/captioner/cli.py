@@ -91,6 +91,55 @@ def add_data_commands(subcommands: argparse._SubParsersAction) -> None:
     download.set_defaults(run=run_data_download)
 
 
+# ---------------------------------------------------------------- extract
+
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    from captioner.encoders import ENCODERS
+
+    group = parser.add_argument_group("encoder and feature cache")
+    flag(group, "--encoder", choices=list(ENCODERS), default="efficientnet_lite0", help="CNN encoder")
+    flag(group, "--encoder_weights", type=Path, help="local .pth weights for torchvision encoders")
+    flag(group, "--image_size", type=int, help="input side in pixels (default: the encoder's own, 224 for lite0)")
+    flag(group, "--cache_dir", type=Path, help="feature cache folder (default: one per dataset and settings "
+                                               "under ~/.cache/captioner/features or $CAPTIONER_CACHE)")
+    flag(group, "--augment_flip", action="store_true", help="also cache features of horizontally flipped images")
+    flag(group, "--num_workers", type=int, help="image-decoding worker processes (default: 0 on a CPU with "
+                                                "2 cores, where inline decoding is faster; more with CUDA)")
+    flag(group, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    import time
+
+    from captioner.features import extract_features
+
+    dataset = load_dataset_from_args(args)
+    images = [record.image for record in dataset.records]
+    started = time.perf_counter()
+    store = extract_features(images, args.encoder, image_size=args.image_size, cache_dir=args.cache_dir,
+                             flip=args.augment_flip, weights=args.encoder_weights, batch_size=args.batch_size,
+                             num_workers=args.num_workers, device=args.device)
+    seconds = time.perf_counter() - started
+    h, w, c = store.grid_shape
+    skipped = [name for name in map(str, images) if name in store.skipped]
+    print(f"features of {len(images) - len(skipped)} images ({h}x{w}x{c} grid + {c} pooled, float16) "
+          f"in {store.folder} [{seconds:.1f} s]")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images:")
+        for name in skipped:
+            print(f"  {store.skipped[name]}")
+    return 0
+
+
+def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
+    extract = subcommands.add_parser("extract", help="run the encoder once per image and cache its features")
+    add_dataset_args(extract)
+    add_encoder_args(extract)
+    flag(extract, "--batch_size", type=int, help="images per encoder batch (default 16 on CPU, 128 on CUDA)")
+    extract.set_defaults(run=run_extract)
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -101,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(subcommands)
+    add_extract_command(subcommands)
     return parser
 
 
