@@ -18,7 +18,8 @@ from captioner.errors import CaptionerError
 def flag(parser: argparse._ActionsContainer, name: str, **options) -> None:
     """Add `--some_flag` together with its `--some-flag` spelling."""
     names = [name] + ([name.replace("_", "-")] if "_" in name else [])
-    parser.add_argument(*names, dest=name.lstrip("-"), **options)
+    options.setdefault("dest", name.lstrip("-"))
+    parser.add_argument(*names, **options)
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +141,68 @@ def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
     extract.set_defaults(run=run_extract)
 
 
+# ---------------------------------------------------------------- train
+
+
+def add_train_command(subcommands: argparse._SubParsersAction) -> None:
+    from captioner.decoders import DECODER_TYPES
+    from captioner.schedulers import SCHEDULER_TYPES
+
+    train = subcommands.add_parser("train", help="train a captioning model on cached encoder features")
+    add_dataset_args(train)
+    add_encoder_args(train)
+    model = train.add_argument_group("model")
+    flag(model, "--decoder", choices=DECODER_TYPES, default="attention", help="default: attention")
+    flag(model, "--embed_size", type=int, default=512)
+    flag(model, "--hidden_size", type=int, default=512)
+    flag(model, "--attention_dim", type=int, default=512)
+    flag(model, "--num_layers", type=int, default=1, help="RNN layers of lstm/gru decoders")
+    flag(model, "--drop_prob", type=float, default=0.5, help="dropout (default 0.5)")
+    flag(model, "--image_init", choices=("input", "state"), default="input",
+         help="lstm/gru: the image is the first input (default) or the initial state")
+    flag(model, "--alpha_c", type=float, default=1.0, help="attention: doubly stochastic regularisation weight")
+    optim = train.add_argument_group("optimisation")
+    flag(optim, "--epochs", type=int, default=10)
+    flag(optim, "--batch_size", type=int, default=64)
+    flag(optim, "--learning_rate", type=float, default=4e-4)
+    flag(optim, "--clip_norm", type=float, default=5.0, help="gradient clipping norm (0: off)")
+    flag(optim, "--weight_decay", type=float, default=0.0)
+    flag(optim, "--label_smoothing", type=float, default=0.0)
+    flag(optim, "--max_length", type=int, default=30, help="longest caption in words (training and decoding)")
+    flag(optim, "--no_amp", dest="amp", action="store_false", help="train in fp32 even where bf16 is fast")
+    schedule = train.add_argument_group("learning-rate schedule")
+    flag(schedule, "--use_scheduler", action="store_true")
+    flag(schedule, "--scheduler_type", choices=SCHEDULER_TYPES, default="reduce_lr_on_plateau")
+    flag(schedule, "--scheduler_patience", type=int, default=2)
+    flag(schedule, "--scheduler_factor", type=float, default=0.5)
+    flag(schedule, "--scheduler_step_size", type=int, default=5)
+    flag(schedule, "--scheduler_gamma", type=float, default=0.8)
+    flag(schedule, "--scheduler_t_max", type=int, help="cosine period in epochs (default: --epochs)")
+    flag(schedule, "--min_lr", type=float, default=0.0)
+    flag(schedule, "--warmup_epochs", type=int, default=1, help="one_cycle: epochs of rising learning rate")
+    flag(schedule, "--keep_epochs", type=int, default=5, help="keep_then_decay: epochs at the initial rate")
+    run = train.add_argument_group("run")
+    flag(run, "--early_stopping_patience", type=int, help="stop after this many epochs without a better val loss")
+    flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
+    flag(run, "--output_dir", type=Path, default=Path("runs"))
+    flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
+    flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
+    train.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from captioner.checkpoint import load_checkpoint
+    from captioner.train import Trainer, TrainConfig
+
+    if args.model_path is not None and args.resume is None:
+        args.resume = args.model_path
+        args.epochs = load_checkpoint(args.model_path)["epoch"] + args.epochs
+    config = TrainConfig.from_namespace(args)
+    folder = Trainer(config, sys.argv).run()
+    print(f"run directory: {folder}")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -151,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(subcommands)
     add_extract_command(subcommands)
+    add_train_command(subcommands)
     return parser
 
 

@@ -208,14 +208,19 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _build_tiny(weights: Path | None) -> tuple[nn.Module, nn.Module | None]:
     """A small random CNN for fast tests of everything downstream of the encoder (never for real use)."""
-    torch.manual_seed(0)
-    trunk = nn.Sequential(
+    with torch.random.fork_rng():  # the same weights every time, without touching the caller's random state
+        torch.manual_seed(0)
+        trunk = _tiny_trunk()
+    return trunk, None
+
+
+def _tiny_trunk() -> nn.Module:
+    return nn.Sequential(
         nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
     )
-    return trunk, None
 
 
 # ---------------------------------------------------------------- the registry

@@ -1,0 +1,173 @@
+"""Caption decoders: show-and-tell (LSTM | GRU) and show-attend-tell soft attention.
+
+Every decoder shares one step interface, so every decoding strategy works with every decoder:
+
+    state = decoder.start(features)                 # features: pooled (B, C) or grid (B, L, C)
+    logits, state, alpha = decoder.step(tokens, state)   # tokens (B,) -> logits (B, V); alpha (B, L) or None
+    state = decoder.select(state, index)            # reorder / repeat along the batch (beam search)
+
+`forward(features, captions)` is the teacher-forced pass used in training: logits for every position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+DECODER_TYPES = ("lstm", "gru", "attention")
+
+State = dict[str, torch.Tensor]  # every tensor has the batch on dim 0
+
+
+@dataclass
+class DecoderConfig:
+    """Constructor arguments, stored in checkpoints so a model is rebuilt from the file alone."""
+
+    decoder: str = "attention"
+    vocab_size: int = 0
+    feature_dim: int = 1280
+    embed_size: int = 512
+    hidden_size: int = 512
+    attention_dim: int = 512
+    num_layers: int = 1
+    drop_prob: float = 0.5
+    image_init: str = "input"  # show-and-tell: image as first "input" or as the initial "state"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Decoder(nn.Module):
+    """What decoding strategies rely on."""
+
+    uses_grid: bool = False
+
+    def start(self, features: torch.Tensor) -> State:
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        raise NotImplementedError
+
+    @staticmethod
+    def select(state: State, index: torch.Tensor) -> State:
+        return {name: value.index_select(0, index) for name, value in state.items()}
+
+
+class ShowTell(Decoder):
+    """Vinyals et al.: the pooled image vector is the first input of an LSTM/GRU (or its initial state)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        rnn = nn.LSTM if config.decoder == "lstm" else nn.GRU
+        self.is_lstm = config.decoder == "lstm"
+        self.embed = nn.Embedding(config.vocab_size, config.embed_size, padding_idx=0)
+        self.image_project = nn.Linear(config.feature_dim, config.embed_size)
+        if config.image_init == "state":
+            self.init_h = nn.Linear(config.feature_dim, config.num_layers * config.hidden_size)
+            self.init_c = nn.Linear(config.feature_dim, config.num_layers * config.hidden_size) if self.is_lstm else None
+        self.rnn = rnn(config.embed_size, config.hidden_size, config.num_layers, batch_first=True,
+                       dropout=config.drop_prob if config.num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(config.drop_prob)
+        self.output = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def _initial(self, pooled: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor | None:
+        if self.config.image_init == "input":
+            return None
+        layers, batch = self.config.num_layers, pooled.shape[0]
+        h = torch.tanh(self.init_h(pooled)).view(batch, layers, -1).transpose(0, 1).contiguous()
+        if not self.is_lstm:
+            return h
+        c = torch.tanh(self.init_c(pooled)).view(batch, layers, -1).transpose(0, 1).contiguous()
+        return h, c
+
+    def _image_step(self, pooled: torch.Tensor):
+        """Feed the image as the first input; its output is not a word, so it is discarded."""
+        image = self.dropout(self.image_project(pooled)).unsqueeze(1)  # (B, 1, E)
+        _, hidden = self.rnn(image)
+        return hidden
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """features (B, C) pooled; captions (B, T) starting with <start> -> logits (B, T-1, V)."""
+        hidden = self._initial(features) if self.config.image_init == "state" else self._image_step(features)
+        words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
+        outputs, _ = self.rnn(words, hidden)  # (B, T-1, H)
+        return self.output(self.dropout(outputs)), None
+
+    def start(self, features: torch.Tensor) -> State:
+        hidden = self._initial(features) if self.config.image_init == "state" else self._image_step(features)
+        if self.is_lstm:
+            return {"h": hidden[0].transpose(0, 1), "c": hidden[1].transpose(0, 1)}  # (B, layers, H)
+        return {"h": hidden.transpose(0, 1)}
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        h = state["h"].transpose(0, 1).contiguous()
+        hidden = (h, state["c"].transpose(0, 1).contiguous()) if self.is_lstm else h
+        output, hidden = self.rnn(self.embed(tokens).unsqueeze(1), hidden)
+        logits = self.output(output.squeeze(1)).float()
+        if self.is_lstm:
+            return logits, {"h": hidden[0].transpose(0, 1), "c": hidden[1].transpose(0, 1)}, None
+        return logits, {"h": hidden.transpose(0, 1)}, None
+
+
+class SoftAttention(Decoder):
+    """Xu et al. (show, attend and tell), soft attention: additive attention over the feature grid, initial
+    h/c from the mean feature, a gating scalar on the context, and attention weights returned every step."""
+
+    uses_grid = True
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, E, H, A = config.feature_dim, config.embed_size, config.hidden_size, config.attention_dim
+        self.embed = nn.Embedding(config.vocab_size, E, padding_idx=0)
+        self.feature_attention = nn.Linear(C, A)
+        self.hidden_attention = nn.Linear(H, A)
+        self.attention_score = nn.Linear(A, 1)
+        self.init_h = nn.Linear(C, H)
+        self.init_c = nn.Linear(C, H)
+        self.gate = nn.Linear(H, C)
+        self.cell = nn.LSTMCell(E + C, H)
+        self.dropout = nn.Dropout(config.drop_prob)
+        self.output = nn.Linear(H, config.vocab_size)
+
+    def start(self, features: torch.Tensor) -> State:
+        """features (B, L, C); the attention projection of the features is computed once here."""
+        mean = features.mean(1)
+        return {"features": features, "projected": self.feature_attention(features),
+                "h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
+
+    def _attend(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.attention_score(torch.tanh(state["projected"] + self.hidden_attention(state["h"]).unsqueeze(1)))
+        alpha = torch.softmax(scores.squeeze(2).float(), dim=1)  # (B, L)
+        context = torch.bmm(alpha.unsqueeze(1).to(state["features"].dtype), state["features"]).squeeze(1)  # (B, C)
+        return context * torch.sigmoid(self.gate(state["h"])), alpha
+
+    def _advance(self, embedded: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
+        context, alpha = self._attend(state)
+        h, c = self.cell(torch.cat([embedded, context], dim=1), (state["h"], state["c"]))
+        return {**state, "h": h, "c": c}, alpha
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, L, C); captions (B, T) -> logits (B, T-1, V) and attention weights (B, T-1, L)."""
+        state = self.start(features)
+        embedded = self.embed(captions[:, :-1])  # (B, T-1, E)
+        hiddens, alphas = [], []
+        for t in range(embedded.shape[1]):
+            state, alpha = self._advance(embedded[:, t], state)
+            hiddens.append(state["h"])
+            alphas.append(alpha)
+        hidden = torch.stack(hiddens, 1)  # (B, T-1, H): one big output matmul instead of one per step
+        return self.output(self.dropout(hidden)), torch.stack(alphas, 1)
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        state, alpha = self._advance(self.embed(tokens), state)
+        return self.output(state["h"]).float(), state, alpha
+
+
+def build_decoder(config: DecoderConfig) -> Decoder:
+    if config.decoder not in DECODER_TYPES:
+        raise ValueError(f"unknown decoder {config.decoder!r}; choose one of {', '.join(DECODER_TYPES)}")
+    return SoftAttention(config) if config.decoder == "attention" else ShowTell(config)

@@ -1,0 +1,106 @@
+"""A run directory: named from its settings and a timestamp, never overwritten, with everything a reader needs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from captioner.checkpoint import save_checkpoint
+from captioner.io import atomic_write_text
+
+
+class RunFiles:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def create(cls, output_dir: Path, name: str) -> RunFiles:
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            folder = output_dir / (f"{name}_{stamp}" + (f"_{attempt}" if attempt else ""))
+            try:
+                folder.mkdir()
+                return cls(folder)
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"cannot create a new run directory in {output_dir}")
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+        with open(self.folder / "train.log", "a") as handle:
+            handle.write(line + "\n")
+
+    def start(self, config, command: list[str], vocab, dataset, parent: str | None) -> None:
+        settings = json.loads(json.dumps(asdict(config), default=str))
+        settings["parent_checkpoint"] = parent
+        atomic_write_text(self.folder / "run_config.json", json.dumps(settings, indent=2))
+        vocab.save(self.folder / "vocab.json")
+        self.command = " ".join(shlex.quote(part) for part in ["captioner", *command[1:]])
+        self.dataset_line = (f"{dataset.name}: {len(dataset.records)} images, splits {dataset.split_sizes()}; "
+                             f"{dataset.report.summary()}")
+        self.parent = parent
+        self._write_summary([], 0)
+
+    def save_epoch(self, epoch: int, checkpoint: dict, best: bool, keep: int) -> None:
+        save_checkpoint(self.folder / f"model_epoch_{epoch}.pt", checkpoint)
+        if best:
+            save_checkpoint(self.best_path(), checkpoint)
+        epochs = sorted(int(p.stem.rsplit("_", 1)[1]) for p in self.folder.glob("model_epoch_*.pt"))
+        for old in epochs[:-keep] if keep > 0 else []:
+            (self.folder / f"model_epoch_{old}.pt").unlink(missing_ok=True)
+
+    def best_path(self) -> Path:
+        return self.folder / "best.pt"
+
+    def write_history(self, history: list[dict]) -> None:
+        curve = [{k: entry[k] for k in ("epoch", "train_loss", "val_loss", "lr")} for entry in history]
+        atomic_write_text(self.folder / "loss_curve.json", json.dumps(curve, indent=1))
+        atomic_write_text(self.folder / "metrics_history.json", json.dumps(history, indent=1))
+
+    def finish(self, history: list[dict], best_epoch: int) -> None:
+        self._plots(history)
+        self._write_summary(history, best_epoch)
+
+    def _write_summary(self, history: list[dict], best_epoch: int) -> None:
+        lines = ["captioner training run", "", f"reproduce:  {self.command}", f"data:       {self.dataset_line}"]
+        if self.parent:
+            lines.append(f"resumed from {self.parent}")
+        if history:
+            best = next((e for e in history if e["epoch"] == best_epoch), history[-1])
+            lines += [f"epochs run: {history[0]['epoch']}..{history[-1]['epoch']}",
+                      f"best epoch: {best_epoch} (val loss {best['val_loss']:.4f}, dev BLEU-4 {best['BLEU-4']:.4f})",
+                      f"best model: {self.best_path()}", ""]
+            lines += [f"epoch {e['epoch']:3d}  train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  lr {e['lr']:.2e}"
+                      f"  BLEU-1 {e['BLEU-1']:.3f}  BLEU-4 {e['BLEU-4']:.3f}  {e['captions_per_s']:.0f} captions/s"
+                      for e in history]
+        atomic_write_text(self.folder / "run_summary.txt", "\n".join(lines) + "\n")
+
+    def _plots(self, history: list[dict]) -> None:
+        if not history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [e["epoch"] for e in history]
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(epochs, [e["train_loss"] for e in history], "o-", label="train")
+        axis.plot(epochs, [e["val_loss"] for e in history], "o-", label="validation (dev)")
+        axis.set(xlabel="epoch", ylabel="cross-entropy per word", title="Training and validation loss")
+        axis.legend()
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(self.folder / "training_losses.png", dpi=100)
+        plt.close(figure)
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(epochs, [e["lr"] for e in history], "o-")
+        axis.set(xlabel="epoch", ylabel="learning rate", title="Learning rate", yscale="log")
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(self.folder / "learning_rate.png", dpi=100)
+        plt.close(figure)

@@ -1,0 +1,323 @@
+"""`captioner train`: teacher forcing on cached features, with schedules, early stopping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from captioner.batches import CaptionExamples, bucketed_batches, make_batch
+from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.data.formats import load_dataset
+from captioner.data.records import Dataset, take_subset
+from captioner.data.vocab import Vocabulary, clean_caption
+from captioner.decoders import DecoderConfig, build_decoder
+from captioner.decoding import greedy
+from captioner.devices import autocast, pick_device
+from captioner.errors import CaptionerError
+from captioner.features import FeatureStore, extract_features
+from captioner.rundir import RunFiles
+from captioner.schedulers import Schedule, ScheduleSettings
+
+
+# Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
+STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size", "attention_dim", "num_layers",
+             "image_init")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved as run_config.json."""
+
+    dataset_type: str = "shapes"
+    data_dir: str | None = None
+    captions_file: str | None = None
+    max_images: int | None = None
+    subset_fraction: float | None = None
+    seed: int = 42
+    freq_threshold: int = 5
+    max_vocab: int | None = None
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str | None = None
+    image_size: int | None = None
+    cache_dir: str | None = None
+    augment_flip: bool = False
+    num_workers: int | None = None
+    device: str | None = None
+    decoder: str = "attention"
+    embed_size: int = 512
+    hidden_size: int = 512
+    attention_dim: int = 512
+    num_layers: int = 1
+    drop_prob: float = 0.5
+    image_init: str = "input"
+    alpha_c: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 4e-4
+    clip_norm: float = 5.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    max_length: int = 30
+    use_scheduler: bool = False
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    early_stopping_patience: int | None = None
+    keep_checkpoints: int = 2
+    output_dir: str = "runs"
+    amp: bool = True
+    bleu_images: int = 1000  # dev images decoded greedily each epoch for BLEU
+    resume: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args: object) -> TrainConfig:
+        values = {f.name: getattr(args, f.name) for f in fields(cls)
+                  if f.name != "schedule" and getattr(args, f.name, None) is not None}
+        values = {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+        schedule = {f.name: getattr(args, f.name) for f in fields(ScheduleSettings)
+                    if getattr(args, f.name, None) is not None}
+        return cls(**values, schedule=ScheduleSettings(**schedule))
+
+    def run_name(self) -> str:
+        schedule = self.schedule.scheduler_type if self.use_scheduler else "const"
+        return (f"{self.dataset_type}_{self.decoder}_ep{self.epochs}_bs{self.batch_size}_lr{self.learning_rate:.0e}"
+                f"_{schedule}").replace("e-0", "e-")
+
+
+# ---------------------------------------------------------------- metrics used during training
+
+
+def bleu_scores(references: dict[int, list[str]], hypotheses: dict[int, str]) -> dict[str, float]:
+    """BLEU-1..4 (0-1) with the coco-caption scorer on already-cleaned text."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorer prints its internals
+        scores, _ = Bleu(4).compute_score({k: references[k] for k in hypotheses},
+                                          {k: [v or "<empty>"] for k, v in hypotheses.items()}, verbose=0)
+    return {f"BLEU-{n + 1}": float(score) for n, score in enumerate(scores)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
+        self.config = config
+        self.command = command or sys.argv
+        self.device = pick_device(config.device)
+        self.parent = load_checkpoint(config.resume) if config.resume else None
+        self.dataset = self._load_data()
+        self.vocab = self._vocabulary()
+        self.store = self._features()
+        self.train_set = CaptionExamples.build(self.dataset.split("train"), self.store, self.vocab, config.max_length)
+        self.dev_records = [r for r in self.dataset.split("dev") if self.store.row(r.image) is not None]
+        self.dev_set = CaptionExamples.build(self.dev_records, self.store, self.vocab, config.max_length)
+        if len(self.train_set) == 0 or len(self.dev_set) == 0:
+            raise CaptionerError(f"{config.dataset_type}: the train and dev splits need usable captions "
+                                 f"(train {len(self.train_set)}, dev {len(self.dev_set)})")
+        h, w, channels = self.store.grid_shape
+        self.model_config = DecoderConfig(config.decoder, len(self.vocab), channels, config.embed_size,
+                                          config.hidden_size, config.attention_dim, config.num_layers,
+                                          config.drop_prob, config.image_init)
+        # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers,
+        # and the same seed must give the same run whether or not the cache existed.
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.model = build_decoder(self.model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
+                                          weight_decay=config.weight_decay)
+        steps = math.ceil(len(self.train_set) / config.batch_size)
+        self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, steps) if config.use_scheduler else None
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=self.vocab.pad_id, label_smoothing=config.label_smoothing)
+        self.start_epoch, self.best_score, self.best_epoch, self.history = 1, math.inf, 0, []
+        if self.parent is not None:
+            self._restore(self.parent)
+        self.files = RunFiles.create(Path(config.output_dir), config.run_name())
+
+    # ---- setup
+
+    def _load_data(self) -> Dataset:
+        c = self.config
+        dataset = load_dataset(c.dataset_type, c.data_dir, captions_file=c.captions_file, seed=c.seed)
+        if c.max_images is not None or c.subset_fraction is not None:
+            dataset = Dataset(dataset.name, take_subset(dataset.records, c.max_images, c.subset_fraction, c.seed),
+                              dataset.report)
+        return dataset
+
+    def _vocabulary(self) -> Vocabulary:
+        if self.parent is not None:
+            return Vocabulary.from_dict(self.parent["vocab"], f"checkpoint {self.config.resume}")
+        tokens = (clean_caption(text) for record in self.dataset.split("train") for text in record.captions)
+        return Vocabulary.build(tokens, self.config.freq_threshold, self.config.max_vocab)
+
+    def _features(self) -> FeatureStore:
+        c = self.config
+        images = [r.image for r in self.dataset.records if r.split in ("train", "dev")]
+        return extract_features(images, c.encoder, image_size=c.image_size,
+                                cache_dir=Path(c.cache_dir) if c.cache_dir else None, flip=c.augment_flip,
+                                weights=Path(c.encoder_weights) if c.encoder_weights else None,
+                                num_workers=c.num_workers, device=c.device)
+
+    def _restore(self, checkpoint: dict) -> None:
+        source = self.config.resume
+        saved, current = checkpoint["model_config"], self.model_config.to_dict()
+        different = [name for name in STRUCTURE if saved.get(name) != current[name]]
+        if different:
+            raise CaptionerError(f"checkpoint {source} was trained with another model ({', '.join(different)} "
+                                 "differ); use the same --decoder/--embed_size/... settings or start a new run")
+        if checkpoint["encoder"] != self.config.encoder:
+            raise CaptionerError(f"checkpoint {source} was trained on {checkpoint['encoder']} features, "
+                                 f"not {self.config.encoder}; pass --encoder {checkpoint['encoder']}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.schedule is not None and checkpoint.get("scheduler"):
+            self.schedule.load_state_dict(checkpoint["scheduler"])
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
+        self.history = list(checkpoint.get("history", []))
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+
+    # ---- one epoch
+
+    def _batches(self, epoch: int) -> tuple[list[list[int]], torch.Generator]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        lengths = [len(caption) for caption in self.train_set.captions]
+        return bucketed_batches(lengths, self.config.batch_size, generator), generator
+
+    def _loss(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, int]:
+        logits, alphas = self.model(features, captions)  # (B, T-1, V)
+        targets = captions[:, 1:]
+        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        if alphas is not None and self.config.alpha_c > 0:
+            # doubly stochastic regularisation: over the caption, every region gets about one unit of attention
+            mask = (targets != self.vocab.pad_id).unsqueeze(2).float()
+            coverage = (alphas.float() * mask).sum(1)  # (B, L)
+            loss = loss + self.config.alpha_c * ((1.0 - coverage) ** 2).mean()
+        return loss, int((targets != self.vocab.pad_id).sum())
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self.model.train()
+        batches, generator = self._batches(epoch)
+        uses_grid = self.model.uses_grid
+        total, words, captions_seen, started = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+        for indices in bar:
+            flip = None
+            if self.config.augment_flip:
+                flip = (torch.rand(len(indices), generator=generator) < 0.5).numpy()
+            features, captions = make_batch(self.train_set, indices, self.store, uses_grid, flip)
+            features, captions = features.to(self.device), captions.to(self.device)
+            with autocast(self.device, self.config.amp):
+                loss, count = self._loss(features, captions)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.clip_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            self.optimizer.step()
+            if self.schedule is not None:
+                self.schedule.after_batch()
+            total += loss.item() * count
+            words += count
+            captions_seen += len(indices)
+            bar.set_postfix(loss=f"{loss.item():.3f}", captions_s=f"{captions_seen / (time.perf_counter() - started):.0f}")
+        return total / max(words, 1), captions_seen / (time.perf_counter() - started)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, dict[str, float]]:
+        self.model.eval()
+        total, words = 0.0, 0
+        order = list(range(len(self.dev_set)))
+        for start in range(0, len(order), 256):
+            indices = order[start:start + 256]
+            features, captions = make_batch(self.dev_set, indices, self.store, self.model.uses_grid)
+            with autocast(self.device, self.config.amp):
+                loss, count = self._loss(features.to(self.device), captions.to(self.device))
+            total += loss.item() * count
+            words += count
+        return total / max(words, 1), self.dev_bleu()
+
+    def dev_bleu(self) -> dict[str, float]:
+        records = self.dev_records[: self.config.bleu_images]
+        hypotheses, references = {}, {}
+        source = self.store.grid if self.model.uses_grid else self.store.pooled
+        for start in range(0, len(records), 250):
+            chunk = records[start:start + 250]
+            rows = [self.store.row(r.image) for r in chunk]
+            features = torch.from_numpy(np.asarray(source[rows], dtype=np.float32)).to(self.device)
+            for offset, decoded in enumerate(greedy(self.model, features, self.vocab, self.config.max_length)):
+                key = start + offset
+                hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
+                references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
+        return bleu_scores(references, hypotheses)
+
+    # ---- the run
+
+    def checkpoint(self, epoch: int) -> dict:
+        return {"model_config": self.model_config.to_dict(), "model": self.model.state_dict(),
+                "vocab": self.vocab.to_dict(), "encoder": self.config.encoder,
+                "encoder_settings": self.store.settings, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict() if self.schedule else None, "epoch": epoch,
+                "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
+                "train_config": _plain(asdict(self.config)), "rng": {"torch": torch.get_rng_state()}}
+
+    def run(self) -> Path:
+        c, files = self.config, self.files
+        files.start(c, self.command, self.vocab, self.dataset, parent=c.resume)
+        files.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; "
+                  f"vocabulary {len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}")
+        patience_left = c.early_stopping_patience
+        for epoch in range(self.start_epoch, c.epochs + 1):
+            train_loss, speed = self.train_epoch(epoch)
+            val_loss, bleu = self.validate()
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.schedule is not None:
+                self.schedule.after_epoch(val_loss)
+            improved = val_loss < self.best_score
+            if improved:
+                self.best_score, self.best_epoch = val_loss, epoch
+            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **bleu,
+                     "captions_per_s": speed, "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
+            self.history.append(entry)
+            files.log(f"Epoch {epoch}/{c.epochs}: train {train_loss:.3f} | val {val_loss:.3f} | lr {lr:.1e} | "
+                      f"BLEU-4 {bleu['BLEU-4']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
+                      + (" | best" if improved else ""))
+            checkpoint = self.checkpoint(epoch)
+            files.save_epoch(epoch, checkpoint, best=improved, keep=c.keep_checkpoints)
+            files.write_history(self.history)
+            if c.early_stopping_patience is not None:
+                patience_left = c.early_stopping_patience if improved else patience_left - 1
+                if patience_left <= 0:
+                    files.log(f"early stopping: no better val loss for {c.early_stopping_patience} epochs; "
+                              f"best was epoch {self.best_epoch}")
+                    break
+        best = files.best_path()
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best)["model"])
+        files.finish(self.history, self.best_epoch)
+        return files.folder
+
+
+def _plain(value: object) -> object:
+    """Settings as builtins only, so checkpoints load with weights_only=True."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)

@@ -1,0 +1,144 @@
+"""Training on a small synthetic set with the tiny test encoder: seconds per run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.cli import main
+from captioner.data.shapes import generate_shapes
+from captioner.errors import CaptionerError
+from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
+from captioner.train import Trainer, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_images=60, seed=3)
+
+
+def small(shapes: Path, tmp_path: Path, **overrides) -> TrainConfig:
+    settings = dict(dataset_type="shapes", data_dir=str(shapes), encoder="tiny_random", cache_dir=str(tmp_path / "cache"),
+                    decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=3, batch_size=16,
+                    learning_rate=3e-3, output_dir=str(tmp_path / "runs"), freq_threshold=1, num_workers=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def history(run: Path) -> list[dict]:
+    return json.loads((run / "metrics_history.json").read_text())
+
+
+def test_run_directory_holds_every_file(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path), ["captioner", "train"]).run()
+    names = {p.name for p in run.iterdir()}
+    assert {"run_config.json", "run_summary.txt", "loss_curve.json", "metrics_history.json", "training_losses.png",
+            "learning_rate.png", "train.log", "vocab.json", "best.pt", "model_epoch_3.pt", "model_epoch_2.pt"} <= names
+    assert "model_epoch_1.pt" not in names  # --keep_checkpoints 2
+    assert run.name.startswith("shapes_attention_ep3_bs16_lr3e-3_const_")
+    entries = history(run)
+    assert [e["epoch"] for e in entries] == [1, 2, 3]
+    assert entries[-1]["train_loss"] < entries[0]["train_loss"]
+    assert {"BLEU-1", "BLEU-4", "val_loss", "lr", "peak_memory_mb", "captions_per_s"} <= set(entries[0])
+    assert "Epoch 3/3: train" in (run / "train.log").read_text()
+    checkpoint = load_checkpoint(run / "best.pt")  # weights_only=True inside
+    assert checkpoint["model_config"]["decoder"] == "attention" and checkpoint["vocab"]["itos"][0] == "<pad>"
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "gru"])
+def test_show_and_tell_decoders_train(shapes: Path, tmp_path: Path, decoder: str) -> None:
+    run = Trainer(small(shapes, tmp_path, decoder=decoder, epochs=2), ["captioner"]).run()
+    assert len(history(run)) == 2
+
+
+def test_same_seed_same_losses(shapes: Path, tmp_path: Path) -> None:
+    first = history(Trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
+    second = history(Trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
+    assert [e["train_loss"] for e in first] == [e["train_loss"] for e in second]
+    assert [e["val_loss"] for e in first] == [e["val_loss"] for e in second]
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
+    options = dict(epochs=4, use_scheduler=True)
+    whole = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    partial = Trainer(small(shapes, tmp_path, **options), ["captioner"])
+    partial.config.epochs = 2  # a 4-epoch run (its schedule included) that stops after epoch 2, as a kill would
+    run = partial.run()
+    resumed_run = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
+    resumed = history(resumed_run)
+    assert [e["epoch"] for e in resumed] == [1, 2, 3, 4]
+    assert [e["train_loss"] for e in resumed] == [e["train_loss"] for e in whole]
+    assert [e["lr"] for e in resumed] == [e["lr"] for e in whole]
+    assert json.loads((resumed_run / "run_config.json").read_text())["parent_checkpoint"].endswith("model_epoch_2.pt")
+
+
+def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
+    for name in SCHEDULER_TYPES:
+        schedule = ScheduleSettings(scheduler_type=name, keep_epochs=1, scheduler_gamma=0.5)
+        run = Trainer(small(shapes, tmp_path, epochs=2, use_scheduler=True, max_images=30, schedule=schedule),
+                      ["captioner"]).run()
+        rates = [e["lr"] for e in history(run)]
+        assert len(rates) == 2, name
+        if name in ("keep_then_decay", "exponential"):
+            assert rates[1] < rates[0], name
+
+
+def test_early_stopping_restores_the_best(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=30, learning_rate=0.3, early_stopping_patience=1), ["captioner"]).run()
+    entries = history(run)
+    assert len(entries) < 30
+    assert "early stopping" in (run / "train.log").read_text()
+
+
+def test_incompatible_and_damaged_checkpoints_are_clear_errors(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=1), ["captioner"]).run()
+    with pytest.raises(CaptionerError, match="another model \\(hidden_size"):
+        Trainer(small(shapes, tmp_path, epochs=2, hidden_size=32, resume=str(run / "best.pt")), ["captioner"])
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((run / "best.pt").read_bytes()[:1000])
+    with pytest.raises(CaptionerError, match="not a readable checkpoint"):
+        load_checkpoint(damaged)
+    (tmp_path / "other.pt").write_bytes(b"\0" * 100)
+    with pytest.raises(CaptionerError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CaptionerError, match="not a captioner checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"epoch": 1})
+    import captioner.io as io_module
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", disk_full)
+    with pytest.raises(CaptionerError, match="No space left on device"):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_cli_train_accepts_the_classic_flags(shapes: Path, tmp_path: Path) -> None:
+    code = main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
+                 "--cache_dir", str(tmp_path / "cache"), "--decoder", "lstm", "--epochs", "1", "--batch-size", "16",
+                 "--learning_rate", "0.01", "--use_scheduler", "--scheduler_type", "cosine", "--scheduler_t_max", "1",
+                 "--min_lr", "1e-6", "--embed_size", "8", "--hidden_size", "8", "--num_layers", "1",
+                 "--drop_prob", "0.1", "--num_workers", "0", "--output_dir", str(tmp_path / "runs"),
+                 "--freq_threshold", "1"])
+    assert code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["batch_size"] == 16 and config["schedule"]["scheduler_type"] == "cosine"
+    assert main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
+                 "--cache_dir", str(tmp_path / "cache"), "--decoder", "lstm", "--embed_size", "8", "--hidden_size",
+                 "8", "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path / "runs"),
+                 "--freq_threshold", "1", "--model_path", str(run / "best.pt")]) == 0
+    assert len(list((tmp_path / "runs").iterdir())) == 2
