@@ -19,6 +19,8 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/captioner data stats --dataset_type shapes --data_dir $(DEMO_DIR)
+	$(BIN)/captioner train --dataset_type shapes --data_dir $(DEMO_DIR) --max_images 1000 --decoder attention \
+		--epochs 6 --learning_rate 1e-3 --output_dir runs --show_samples 8
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

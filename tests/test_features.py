@@ -135,3 +135,13 @@ def test_cli_extract_reports_skipped_files(tmp_path: Path, capsys) -> None:
     assert code == 0
     assert "features of 2 images (4x4x64 grid" in out
     assert "skipped 1 unreadable images" in out and "c.png: an empty file" in out
+
+
+def test_relative_image_paths_find_their_rows(tmp_path: Path, monkeypatch) -> None:
+    """Bug: a dataset read from a relative --data_dir looked its images up by relative path and missed."""
+    images = photos(tmp_path / "img", 2)
+    monkeypatch.chdir(tmp_path)
+    relative = [Path("img") / path.name for path in images]
+    store = extract(relative, tmp_path / "cache")
+    assert store.row(relative[1]) == store.row(images[1]) == 1
+    assert store.covers(relative)

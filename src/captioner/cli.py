@@ -185,6 +185,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     flag(run, "--early_stopping_patience", type=int, help="stop after this many epochs without a better val loss")
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
     flag(run, "--output_dir", type=Path, default=Path("runs"))
+    flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")
     flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
     flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
     train.set_defaults(run=run_train)

@@ -107,7 +107,7 @@ class FeatureStore:
 
     def row(self, image: Path | str) -> int | None:
         """Row of `image`, or None if it was skipped as unreadable."""
-        key = str(image)
+        key = os.path.abspath(image)
         if key in self.skipped:
             return None
         try:
@@ -116,7 +116,7 @@ class FeatureStore:
             raise CaptionerError(f"{image} is not in the feature cache {self.folder}") from None
 
     def covers(self, images: list[Path]) -> bool:
-        return all(str(image) in self.index for image in images)
+        return all(os.path.abspath(image) in self.index for image in images)
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:

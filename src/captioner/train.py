@@ -77,6 +77,7 @@ class TrainConfig:
     output_dir: str = "runs"
     amp: bool = True
     bleu_images: int = 1000  # dev images decoded greedily each epoch for BLEU
+    show_samples: int = 0  # at the end, caption this many held-out test images next to their references
     resume: str | None = None
 
     @classmethod
@@ -169,7 +170,7 @@ class Trainer:
 
     def _features(self) -> FeatureStore:
         c = self.config
-        images = [r.image for r in self.dataset.records if r.split in ("train", "dev")]
+        images = [r.image for r in self.dataset.records if r.split in ("train", "dev", "test")]
         return extract_features(images, c.encoder, image_size=c.image_size,
                                 cache_dir=Path(c.cache_dir) if c.cache_dir else None, flip=c.augment_flip,
                                 weights=Path(c.encoder_weights) if c.encoder_weights else None,
@@ -311,7 +312,23 @@ class Trainer:
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
         files.finish(self.history, self.best_epoch)
+        if c.show_samples:
+            self.show_samples(c.show_samples)
         return files.folder
+
+    @torch.no_grad()
+    def show_samples(self, count: int) -> None:
+        """Greedy captions of held-out test images (dev if there is no test split), next to their references."""
+        self.model.eval()
+        held_out = [r for r in self.dataset.split("test") or self.dataset.split("dev") if self.store.row(r.image) is not None]
+        records = held_out[:count]
+        if not records:
+            return
+        source = self.store.grid if self.model.uses_grid else self.store.pooled
+        features = torch.from_numpy(np.asarray(source[[self.store.row(r.image) for r in records]], dtype=np.float32))
+        for record, decoded in zip(records, greedy(self.model, features.to(self.device), self.vocab, self.config.max_length)):
+            self.files.log(f"{record.image_id}: {' '.join(self.vocab.decode(decoded.tokens))}")
+            self.files.log(f"    reference: {record.captions[0]}")
 
 
 def _plain(value: object) -> object:
