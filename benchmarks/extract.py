@@ -59,8 +59,8 @@ def main() -> None:
     full = full_pipeline(args.encoder, [record.image for record in records], args.batch_size, workers)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"device {device}, torch {torch.__version__}")
-    print(f"| encoder | what | images/s |")
-    print(f"| --- | --- | ---: |")
+    print("| encoder | what | images/s |")
+    print("| --- | --- | ---: |")
     print(f"| {args.encoder} | bare forward, random tensors, batch {args.batch_size} | {bare:.1f} |")
     print(f"| {args.encoder} | full extraction from {len(records)} JPEGs, {workers} decoding workers | {full:.1f} |")
     print(f"| | full / bare | {100 * full / bare:.0f}% |")

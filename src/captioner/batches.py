@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +63,3 @@ def make_batch(examples: CaptionExamples, indices: list[int], store: FeatureStor
         caption = examples.captions[index]
         captions[position, :len(caption)] = torch.tensor(caption)
     return torch.from_numpy(features), captions
-
-
-def image_batches(rows: list[int], batch_size: int) -> Iterator[list[int]]:
-    for start in range(0, len(rows), batch_size):
-        yield rows[start:start + batch_size]

@@ -39,16 +39,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 def load_dataset_from_args(args: argparse.Namespace):
     from captioner.data.formats import load_dataset
-    from captioner.data.records import Dataset, take_subset
 
-    dataset = load_dataset(args.dataset_type, args.data_dir, captions_file=args.captions_file, seed=args.seed)
-    if args.max_images is not None or args.subset_fraction is not None:
-        try:
-            records = take_subset(dataset.records, args.max_images, args.subset_fraction, args.seed)
-        except ValueError as error:
-            raise CaptionerError(str(error)) from error
-        dataset = Dataset(dataset.name, records, dataset.report)
-    return dataset
+    return load_dataset(args.dataset_type, args.data_dir, captions_file=args.captions_file, seed=args.seed,
+                        max_images=args.max_images, subset_fraction=args.subset_fraction)
 
 
 # ---------------------------------------------------------------- data

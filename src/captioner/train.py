@@ -18,9 +18,9 @@ from torch import nn
 from tqdm import tqdm
 
 from captioner.batches import CaptionExamples, bucketed_batches, make_batch
-from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.checkpoint import load_checkpoint
 from captioner.data.formats import load_dataset
-from captioner.data.records import Dataset, take_subset
+from captioner.data.records import Dataset
 from captioner.data.vocab import Vocabulary, clean_caption
 from captioner.decoders import DecoderConfig, build_decoder
 from captioner.decoding import greedy
@@ -156,11 +156,8 @@ class Trainer:
 
     def _load_data(self) -> Dataset:
         c = self.config
-        dataset = load_dataset(c.dataset_type, c.data_dir, captions_file=c.captions_file, seed=c.seed)
-        if c.max_images is not None or c.subset_fraction is not None:
-            dataset = Dataset(dataset.name, take_subset(dataset.records, c.max_images, c.subset_fraction, c.seed),
-                              dataset.report)
-        return dataset
+        return load_dataset(c.dataset_type, c.data_dir, captions_file=c.captions_file, seed=c.seed,
+                            max_images=c.max_images, subset_fraction=c.subset_fraction)
 
     def _vocabulary(self) -> Vocabulary:
         if self.parent is not None:

@@ -14,7 +14,8 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from captioner.data.records import IMAGE_EXTENSIONS, SPLITS, UNSPLIT, Dataset, ImageRecord, LoadReport
+from captioner.data.records import (IMAGE_EXTENSIONS, SPLITS, UNSPLIT, Dataset, ImageRecord, LoadReport,
+                                    take_subset)
 from captioner.data.textfiles import read_lines
 from captioner.errors import CaptionerError, DatasetFormatError
 
@@ -48,8 +49,23 @@ def load_dataset(
     *,
     captions_file: Path | str | None = None,
     seed: int = 0,
+    max_images: int | None = None,
+    subset_fraction: float | None = None,
 ) -> Dataset:
-    """Read any supported dataset folder; `captions_file` overrides the caption file found by layout."""
+    """Read any supported dataset folder; `captions_file` overrides the caption file found by layout, and
+    `max_images` / `subset_fraction` keep the same seeded share of every split for quick runs."""
+    dataset = _load_full(dataset_type, data_dir, captions_file, seed)
+    if max_images is None and subset_fraction is None:
+        return dataset
+    try:
+        records = take_subset(dataset.records, max_images, subset_fraction, seed)
+    except ValueError as error:
+        raise CaptionerError(str(error)) from error
+    return Dataset(dataset.name, records, dataset.report)
+
+
+def _load_full(dataset_type: str, data_dir: Path | str | None, captions_file: Path | str | None,
+               seed: int) -> Dataset:
     if dataset_type not in DATASET_TYPES:
         raise CaptionerError(f"unknown --dataset_type {dataset_type!r}; choose one of {', '.join(DATASET_TYPES)}")
     if dataset_type == "shapes":
