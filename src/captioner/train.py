@@ -280,6 +280,10 @@ class Trainer:
         files.start(c, self.command, self.vocab, self.dataset, parent=c.resume)
         files.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; "
                   f"vocabulary {len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}")
+        unreadable = self.train_set.missing_images + self.dev_set.missing_images
+        if unreadable:
+            files.log(f"left out {unreadable} train/dev images the encoder could not read (listed in "
+                      f"{self.store.folder / 'manifest.json'} under 'skipped')")
         patience_left = c.early_stopping_patience
         for epoch in range(self.start_epoch, c.epochs + 1):
             train_loss, speed = self.train_epoch(epoch)
