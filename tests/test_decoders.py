@@ -37,3 +37,20 @@ def test_select_reorders_every_state_tensor() -> None:
     picked = model.select(state, torch.tensor([1, 1, 0]))
     assert all(value.shape[0] == 3 for value in picked.values())
     torch.testing.assert_close(picked["h"][2], state["h"][0])
+
+
+def test_training_pass_gradients_equal_those_of_the_step_by_step_pass() -> None:
+    """forward() computes the recurrent weights' gradients its own way (SharedWeight); they must be the same."""
+    torch.manual_seed(0)
+    model = build_decoder(config("attention")).eval()
+    features = torch.randn(3, 5, 8)
+    captions = torch.randint(4, 20, (3, 6))
+    logits, _ = model(features, captions)
+    forced = torch.autograd.grad(logits.square().sum(), list(model.parameters()), allow_unused=True)
+    state, stepped = model.start(features), []
+    for t in range(5):
+        step_logits, state, _ = model.step(captions[:, t], state)
+        stepped.append(step_logits)
+    reference = torch.autograd.grad(torch.stack(stepped, 1).square().sum(), list(model.parameters()), allow_unused=True)
+    for (name, _), got, want in zip(model.named_parameters(), forced, reference):
+        torch.testing.assert_close(got, want, msg=name)

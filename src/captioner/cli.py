@@ -193,7 +193,8 @@ def run_train(args: argparse.Namespace) -> int:
         args.epochs = load_checkpoint(args.model_path)["epoch"] + args.epochs
     config = TrainConfig.from_namespace(args)
     folder = Trainer(config, sys.argv).run()
-    print(f"run directory: {folder}")
+    if folder is not None:  # None on the non-main processes of a torchrun launch
+        print(f"run directory: {folder}")
     return 0
 
 

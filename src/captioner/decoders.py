@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from captioner.shared_linear import SharedWeight
+
 DECODER_TYPES = ("lstm", "gru", "attention")
 
 State = dict[str, torch.Tensor]  # every tensor has the batch on dim 0
@@ -43,6 +45,13 @@ class Decoder(nn.Module):
     """What decoding strategies rely on."""
 
     uses_grid: bool = False
+
+    def _prepare(self, features: torch.Tensor) -> torch.Tensor:
+        """Features arrive as stored (float16 from the cache); cast them once to the precision matmuls run in:
+        the autocast dtype when autocast is on, else the parameters' own."""
+        device = features.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.output.weight.dtype
+        return features.to(dtype)
 
     def start(self, features: torch.Tensor) -> State:
         raise NotImplementedError
@@ -91,12 +100,14 @@ class ShowTell(Decoder):
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, None]:
         """features (B, C) pooled; captions (B, T) starting with <start> -> logits (B, T-1, V)."""
+        features = self._prepare(features)
         hidden = self._initial(features) if self.config.image_init == "state" else self._image_step(features)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
         outputs, _ = self.rnn(words, hidden)  # (B, T-1, H)
         return self.output(self.dropout(outputs)), None
 
     def start(self, features: torch.Tensor) -> State:
+        features = self._prepare(features)
         hidden = self._initial(features) if self.config.image_init == "state" else self._image_step(features)
         if self.is_lstm:
             return {"h": hidden[0].transpose(0, 1), "c": hidden[1].transpose(0, 1)}  # (B, layers, H)
@@ -114,7 +125,12 @@ class ShowTell(Decoder):
 
 class SoftAttention(Decoder):
     """Xu et al. (show, attend and tell), soft attention: additive attention over the feature grid, initial
-    h/c from the mean feature, a gating scalar on the context, and attention weights returned every step."""
+    h/c from the mean feature, a gating scalar on the context, and attention weights returned every step.
+
+    The LSTM cell is written out so that everything computed from the previous hidden state (attention query,
+    gate, recurrent gates) is one matmul, and the word embeddings' share of the gates is one matmul for the
+    whole caption; in training the recurrent weights' gradients are computed once per batch (SharedWeight).
+    """
 
     uses_grid = True
 
@@ -124,46 +140,61 @@ class SoftAttention(Decoder):
         C, E, H, A = config.feature_dim, config.embed_size, config.hidden_size, config.attention_dim
         self.embed = nn.Embedding(config.vocab_size, E, padding_idx=0)
         self.feature_attention = nn.Linear(C, A)
-        self.hidden_attention = nn.Linear(H, A)
-        self.attention_score = nn.Linear(A, 1)
+        self.attention_score = nn.Linear(A, 1, bias=False)  # a bias would shift every score alike
         self.init_h = nn.Linear(C, H)
         self.init_c = nn.Linear(C, H)
-        self.gate = nn.Linear(H, C)
-        self.cell = nn.LSTMCell(E + C, H)
+        self.from_hidden = nn.Linear(H, A + C + 4 * H)  # attention query | gate | LSTM recurrent gates
+        self.from_word = nn.Linear(E, 4 * H, bias=False)
+        self.from_context = nn.Linear(C, 4 * H, bias=False)
         self.dropout = nn.Dropout(config.drop_prob)
         self.output = nn.Linear(H, config.vocab_size)
+        self.splits = [A, C, 4 * H]
 
     def start(self, features: torch.Tensor) -> State:
         """features (B, L, C); the attention projection of the features is computed once here."""
-        mean = features.mean(1)
-        return {"features": features, "projected": self.feature_attention(features),
+        mean = features.float().mean(1)
+        features = self._prepare(features)  # cast once, not at every step
+        return {"features": features, "projected": self.feature_attention(features).float(),
                 "h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
 
-    def _attend(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.attention_score(torch.tanh(state["projected"] + self.hidden_attention(state["h"]).unsqueeze(1)))
-        alpha = torch.softmax(scores.squeeze(2).float(), dim=1)  # (B, L)
-        context = torch.bmm(alpha.unsqueeze(1).to(state["features"].dtype), state["features"]).squeeze(1)  # (B, C)
-        return context * torch.sigmoid(self.gate(state["h"])), alpha
-
-    def _advance(self, embedded: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
-        context, alpha = self._attend(state)
-        h, c = self.cell(torch.cat([embedded, context], dim=1), (state["h"], state["c"]))
+    def _cell(self, word_gates: torch.Tensor, state: State, from_hidden, from_context) -> tuple[State, torch.Tensor]:
+        query, gate, recurrent = from_hidden(state["h"]).split(self.splits, dim=1)
+        # attention energies in fp32: bf16 tanh over (B, L, A) is slower on CPU and no more accurate
+        with torch.autocast(query.device.type, enabled=False):
+            energy = (state["projected"] + query.float().unsqueeze(1)).tanh_()  # (B, L, A)
+            alpha = torch.softmax(energy.matmul(self.attention_score.weight.squeeze(0)), dim=1)  # (B, L)
+        features = state["features"]
+        context = torch.bmm(alpha.unsqueeze(1).to(features.dtype), features).squeeze(1)  # (B, C)
+        context = context * torch.sigmoid(gate)
+        gates = word_gates + recurrent + from_context(context)  # (B, 4H), LSTM gate order i, f, g, o
+        i, f, g, o = gates.float().chunk(4, dim=1)
+        c = torch.sigmoid(f) * state["c"] + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
         return {**state, "h": h, "c": c}, alpha
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, L, C); captions (B, T) -> logits (B, T-1, V) and attention weights (B, T-1, L)."""
         state = self.start(features)
-        embedded = self.embed(captions[:, :-1])  # (B, T-1, E)
+        dtype = state["features"].dtype  # the compute precision
+        word_gates = self.from_word(self.embed(captions[:, :-1]))  # (B, T-1, 4H): one matmul for all steps
+        hidden_weight = SharedWeight(self.from_hidden.weight, dtype)
+        context_weight = SharedWeight(self.from_context.weight, dtype)
+        bias = self.from_hidden.bias.to(dtype)
+
+        def from_hidden(h: torch.Tensor) -> torch.Tensor:
+            return hidden_weight(h) + bias
+
         hiddens, alphas = [], []
-        for t in range(embedded.shape[1]):
-            state, alpha = self._advance(embedded[:, t], state)
+        for step_gates in word_gates.unbind(1):
+            state, alpha = self._cell(step_gates, state, from_hidden, context_weight)
             hiddens.append(state["h"])
             alphas.append(alpha)
         hidden = torch.stack(hiddens, 1)  # (B, T-1, H): one big output matmul instead of one per step
         return self.output(self.dropout(hidden)), torch.stack(alphas, 1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        state, alpha = self._advance(self.embed(tokens), state)
+        word_gates = self.from_word(self.embed(tokens))
+        state, alpha = self._cell(word_gates, state, self.from_hidden, self.from_context)
         return self.output(state["h"]).float(), state, alpha
 
 

@@ -267,7 +267,8 @@ def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offs
                         batch_size=batch, num_workers=num_workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     model = encoder.to(memory_format=torch.channels_last)
-    bar = tqdm(total=len(todo), unit="img", desc=f"extracting {settings.encoder}", disable=not progress)
+    bar = tqdm(total=len(todo), unit="img", desc=f"extracting {settings.encoder}",
+                disable=None if progress else True)  # None: off when stderr is not a terminal (logs stay readable)
     last_flush = time.monotonic()
     with bar:
         for items in loader:

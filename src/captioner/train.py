@@ -24,7 +24,8 @@ from captioner.data.records import Dataset
 from captioner.data.vocab import Vocabulary, clean_caption
 from captioner.decoders import DecoderConfig, build_decoder
 from captioner.decoding import greedy
-from captioner.devices import autocast, pick_device
+from captioner.devices import autocast, keep_freed_memory, pick_device
+from captioner.distributed import Processes, start_processes, stop_processes
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, extract_features
 from captioner.rundir import RunFiles
@@ -121,11 +122,17 @@ class Trainer:
     def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
         self.config = config
         self.command = command or sys.argv
-        self.device = pick_device(config.device)
+        self.processes, device = start_processes(config.device)
+        self.device = device or pick_device(config.device)
+        keep_freed_memory()
         self.parent = load_checkpoint(config.resume) if config.resume else None
         self.dataset = self._load_data()
         self.vocab = self._vocabulary()
+        if not self.processes.is_main:
+            self.processes.barrier()  # the main process builds the feature cache; the others then read it
         self.store = self._features()
+        if self.processes.is_main:
+            self.processes.barrier()
         self.train_set = CaptionExamples.build(self.dataset.split("train"), self.store, self.vocab, config.max_length)
         self.dev_records = [r for r in self.dataset.split("dev") if self.store.row(r.image) is not None]
         self.dev_set = CaptionExamples.build(self.dev_records, self.store, self.vocab, config.max_length)
@@ -141,16 +148,24 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
-        self.model = build_decoder(self.model_config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay)
+        self.decoder = build_decoder(self.model_config).to(self.device)
+        self.model = self.decoder  # what the training step calls: the decoder, or its DDP wrapper
+        # fused Adam: one kernel for all parameters instead of a dozen passes over each
+        self.optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.learning_rate,
+                                          weight_decay=config.weight_decay,
+                                          fused=self.device.type in ("cpu", "cuda"))
         steps = math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, steps) if config.use_scheduler else None
-        self.loss_fn = nn.CrossEntropyLoss(ignore_index=self.vocab.pad_id, label_smoothing=config.label_smoothing)
+        # summed, then divided by the words of the whole (global) batch: the same loss on 1 or N processes
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=self.vocab.pad_id, label_smoothing=config.label_smoothing,
+                                           reduction="sum")
         self.start_epoch, self.best_score, self.best_epoch, self.history = 1, math.inf, 0, []
         if self.parent is not None:
             self._restore(self.parent)
-        self.files = RunFiles.create(Path(config.output_dir), config.run_name())
+        if self.processes.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.decoder, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.files: RunFiles | None = None  # created by run(), on the main process only
 
     # ---- setup
 
@@ -183,7 +198,7 @@ class Trainer:
         if checkpoint["encoder"] != self.config.encoder:
             raise CaptionerError(f"checkpoint {source} was trained on {checkpoint['encoder']} features, "
                                  f"not {self.config.encoder}; pass --encoder {checkpoint['encoder']}")
-        self.model.load_state_dict(checkpoint["model"])
+        self.decoder.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.schedule is not None and checkpoint.get("scheduler"):
             self.schedule.load_state_dict(checkpoint["scheduler"])
@@ -199,67 +214,90 @@ class Trainer:
         lengths = [len(caption) for caption in self.train_set.captions]
         return bucketed_batches(lengths, self.config.batch_size, generator), generator
 
-    def _loss(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _loss(self, features: torch.Tensor, captions: torch.Tensor, total_words: int,
+              total_captions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimise and the summed cross-entropy (to report). Both are divided by the words and
+        captions of the whole batch across processes, times the number of processes (DDP averages gradients),
+        so N processes compute exactly the gradient of one process with the global batch."""
+        scale = self.processes.world_size
         logits, alphas = self.model(features, captions)  # (B, T-1, V)
         targets = captions[:, 1:]
-        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        cross_entropy = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        loss = cross_entropy * (scale / total_words)
         if alphas is not None and self.config.alpha_c > 0:
             # doubly stochastic regularisation: over the caption, every region gets about one unit of attention
             mask = (targets != self.vocab.pad_id).unsqueeze(2).float()
             coverage = (alphas.float() * mask).sum(1)  # (B, L)
-            loss = loss + self.config.alpha_c * ((1.0 - coverage) ** 2).mean()
-        return loss, int((targets != self.vocab.pad_id).sum())
+            penalty = ((1.0 - coverage) ** 2).mean(1).sum()
+            loss = loss + self.config.alpha_c * penalty * (scale / total_captions)
+        return loss, cross_entropy.detach()
+
+    def train_step(self, indices: list[int], generator: torch.Generator) -> tuple[float, int]:
+        """One optimizer step on a global batch; returns this process's summed cross-entropy and word count."""
+        flip = None
+        if self.config.augment_flip:
+            flip = (torch.rand(len(indices), generator=generator) < 0.5).numpy()
+        total_words = sum(len(self.train_set.captions[i]) - 1 for i in indices)
+        local = self.processes.shard(list(range(len(indices))))
+        features, captions = make_batch(self.train_set, [indices[i] for i in local], self.store,
+                                        self.decoder.uses_grid, flip[local] if flip is not None else None)
+        features, captions = features.to(self.device), captions.to(self.device)
+        with autocast(self.device, self.config.amp):
+            loss, cross_entropy = self._loss(features, captions, total_words, len(indices))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm:
+            nn.utils.clip_grad_norm_(self.decoder.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.after_batch()
+        return float(cross_entropy), int((captions[:, 1:] != self.vocab.pad_id).sum())
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """Mean cross-entropy per word over the epoch, and captions per second (all processes together)."""
         self.model.train()
         batches, generator = self._batches(epoch)
-        uses_grid = self.model.uses_grid
         total, words, captions_seen, started = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr,
+                   disable=None if self.processes.is_main else True)  # None: off when not a terminal
         for indices in bar:
-            flip = None
-            if self.config.augment_flip:
-                flip = (torch.rand(len(indices), generator=generator) < 0.5).numpy()
-            features, captions = make_batch(self.train_set, indices, self.store, uses_grid, flip)
-            features, captions = features.to(self.device), captions.to(self.device)
-            with autocast(self.device, self.config.amp):
-                loss, count = self._loss(features, captions)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.clip_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-            self.optimizer.step()
-            if self.schedule is not None:
-                self.schedule.after_batch()
-            total += loss.item() * count
+            if len(indices) < self.processes.world_size:
+                continue  # a global batch too small to give every process a caption
+            cross_entropy, count = self.train_step(indices, generator)
+            total += cross_entropy
             words += count
             captions_seen += len(indices)
-            bar.set_postfix(loss=f"{loss.item():.3f}", captions_s=f"{captions_seen / (time.perf_counter() - started):.0f}")
+            speed = captions_seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{cross_entropy / max(count, 1):.3f}", captions_s=f"{speed:.0f}")
+        total, words = self.processes.sum(total, words)
         return total / max(words, 1), captions_seen / (time.perf_counter() - started)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
-        self.model.eval()
+        """Dev cross-entropy per word and greedy BLEU; every process computes the same numbers."""
+        self.decoder.eval()
         total, words = 0.0, 0
         order = list(range(len(self.dev_set)))
         for start in range(0, len(order), 256):
             indices = order[start:start + 256]
-            features, captions = make_batch(self.dev_set, indices, self.store, self.model.uses_grid)
+            features, captions = make_batch(self.dev_set, indices, self.store, self.decoder.uses_grid)
+            captions = captions.to(self.device)
             with autocast(self.device, self.config.amp):
-                loss, count = self._loss(features.to(self.device), captions.to(self.device))
-            total += loss.item() * count
-            words += count
+                logits, _ = self.decoder(features.to(self.device), captions)
+                cross_entropy = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), captions[:, 1:].reshape(-1))
+            total += float(cross_entropy)
+            words += int((captions[:, 1:] != self.vocab.pad_id).sum())
         return total / max(words, 1), self.dev_bleu()
 
     def dev_bleu(self) -> dict[str, float]:
         records = self.dev_records[: self.config.bleu_images]
         hypotheses, references = {}, {}
-        source = self.store.grid if self.model.uses_grid else self.store.pooled
+        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
         for start in range(0, len(records), 250):
             chunk = records[start:start + 250]
             rows = [self.store.row(r.image) for r in chunk]
-            features = torch.from_numpy(np.asarray(source[rows], dtype=np.float32)).to(self.device)
-            for offset, decoded in enumerate(greedy(self.model, features, self.vocab, self.config.max_length)):
+            features = torch.from_numpy(np.ascontiguousarray(source[rows])).to(self.device)
+            for offset, decoded in enumerate(greedy(self.decoder, features, self.vocab, self.config.max_length)):
                 key = start + offset
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
@@ -268,22 +306,32 @@ class Trainer:
     # ---- the run
 
     def checkpoint(self, epoch: int) -> dict:
-        return {"model_config": self.model_config.to_dict(), "model": self.model.state_dict(),
+        return {"model_config": self.model_config.to_dict(), "model": self.decoder.state_dict(),
                 "vocab": self.vocab.to_dict(), "encoder": self.config.encoder,
                 "encoder_settings": self.store.settings, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict() if self.schedule else None, "epoch": epoch,
                 "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
                 "train_config": _plain(asdict(self.config)), "rng": {"torch": torch.get_rng_state()}}
 
-    def run(self) -> Path:
-        c, files = self.config, self.files
-        files.start(c, self.command, self.vocab, self.dataset, parent=c.resume)
-        files.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; "
-                  f"vocabulary {len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}")
+    def run(self) -> Path | None:
+        """Train; returns the run directory (None on the processes other than the main one)."""
+        try:
+            return self._run()
+        finally:
+            stop_processes()
+
+    def _run(self) -> Path | None:
+        c, main = self.config, self.processes.is_main
+        if main:
+            self.files = RunFiles.create(Path(c.output_dir), c.run_name())
+            self.files.start(c, self.command, self.vocab, self.dataset, parent=c.resume)
+        self.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; vocabulary "
+                 f"{len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}"
+                 + (f"; {self.processes.world_size} processes" if self.processes.distributed else ""))
         unreadable = self.train_set.missing_images + self.dev_set.missing_images
         if unreadable:
-            files.log(f"left out {unreadable} train/dev images the encoder could not read (listed in "
-                      f"{self.store.folder / 'manifest.json'} under 'skipped')")
+            self.log(f"left out {unreadable} train/dev images the encoder could not read (listed in "
+                     f"{self.store.folder / 'manifest.json'} under 'skipped')")
         patience_left = c.early_stopping_patience
         for epoch in range(self.start_epoch, c.epochs + 1):
             train_loss, speed = self.train_epoch(epoch)
@@ -297,39 +345,45 @@ class Trainer:
             entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **bleu,
                      "captions_per_s": speed, "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
             self.history.append(entry)
-            files.log(f"Epoch {epoch}/{c.epochs}: train {train_loss:.3f} | val {val_loss:.3f} | lr {lr:.1e} | "
-                      f"BLEU-4 {bleu['BLEU-4']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
-                      + (" | best" if improved else ""))
-            checkpoint = self.checkpoint(epoch)
-            files.save_epoch(epoch, checkpoint, best=improved, keep=c.keep_checkpoints)
-            files.write_history(self.history)
+            self.log(f"Epoch {epoch}/{c.epochs}: train {train_loss:.3f} | val {val_loss:.3f} | lr {lr:.1e} | "
+                     f"BLEU-4 {bleu['BLEU-4']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
+                     + (" | best" if improved else ""))
+            if main:
+                self.files.save_epoch(epoch, self.checkpoint(epoch), best=improved, keep=c.keep_checkpoints)
+                self.files.write_history(self.history)
             if c.early_stopping_patience is not None:
                 patience_left = c.early_stopping_patience if improved else patience_left - 1
                 if patience_left <= 0:
-                    files.log(f"early stopping: no better val loss for {c.early_stopping_patience} epochs; "
-                              f"best was epoch {self.best_epoch}")
+                    self.log(f"early stopping: no better val loss for {c.early_stopping_patience} epochs; "
+                             f"best was epoch {self.best_epoch}")
                     break
-        best = files.best_path()
+        if not main:
+            return None
+        best = self.files.best_path()
         if best.exists():
-            self.model.load_state_dict(load_checkpoint(best)["model"])
-        files.finish(self.history, self.best_epoch)
+            self.decoder.load_state_dict(load_checkpoint(best)["model"])
+        self.files.finish(self.history, self.best_epoch)
         if c.show_samples:
             self.show_samples(c.show_samples)
-        return files.folder
+        return self.files.folder
+
+    def log(self, line: str) -> None:
+        if self.files is not None:
+            self.files.log(line)
 
     @torch.no_grad()
     def show_samples(self, count: int) -> None:
         """Greedy captions of held-out test images (dev if there is no test split), next to their references."""
-        self.model.eval()
+        self.decoder.eval()
         held_out = [r for r in self.dataset.split("test") or self.dataset.split("dev") if self.store.row(r.image) is not None]
         records = held_out[:count]
         if not records:
             return
-        source = self.store.grid if self.model.uses_grid else self.store.pooled
-        features = torch.from_numpy(np.asarray(source[[self.store.row(r.image) for r in records]], dtype=np.float32))
-        for record, decoded in zip(records, greedy(self.model, features.to(self.device), self.vocab, self.config.max_length)):
-            self.files.log(f"{record.image_id}: {' '.join(self.vocab.decode(decoded.tokens))}")
-            self.files.log(f"    reference: {record.captions[0]}")
+        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
+        features = torch.from_numpy(np.ascontiguousarray(source[[self.store.row(r.image) for r in records]]))
+        for record, decoded in zip(records, greedy(self.decoder, features.to(self.device), self.vocab, self.config.max_length)):
+            self.log(f"{record.image_id}: {' '.join(self.vocab.decode(decoded.tokens))}")
+            self.log(f"    reference: {record.captions[0]}")
 
 
 def _plain(value: object) -> object:

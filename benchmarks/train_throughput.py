@@ -1,0 +1,61 @@
+"""Training speed on cached Flickr8k features: captions/s of full training steps (batch assembly from the
+feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM and the attention decoder.
+
+    python benchmarks/train_throughput.py [--data_dir ../shared/data/flickr8k] [--cache_dir DIR] [--batches 40]
+
+Builds (or reuses) the efficientnet_lite0 feature cache first. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.train import Trainer, TrainConfig, peak_memory_mb
+
+
+def measure(config: TrainConfig, batches: int, warmup: int = 3) -> tuple[float, float]:
+    trainer = Trainer(config, ["benchmark"])
+    trainer.model.train()
+    order, generator = trainer._batches(epoch=1)
+    full = [indices for indices in order if len(indices) == config.batch_size]
+    for indices in full[:warmup]:
+        trainer.train_step(indices, generator)
+    started = time.perf_counter()
+    for indices in full[warmup:warmup + batches]:
+        trainer.train_step(indices, generator)
+    elapsed = time.perf_counter() - started
+    return batches * config.batch_size / elapsed, peak_memory_mb(trainer.device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
+    parser.add_argument("--cache_dir", help="feature cache folder (default: the one `captioner extract` uses)")
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per row")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 128])
+    args = parser.parse_args()
+    if not (args.data_dir / "Images").is_dir():
+        sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
+    rows = []
+    for decoder in ("lstm", "attention"):
+        for batch_size in args.batch_sizes:
+            config = TrainConfig(dataset_type="flickr8k", data_dir=str(args.data_dir), cache_dir=args.cache_dir,
+                                 decoder=decoder, batch_size=batch_size, embed_size=512, hidden_size=512,
+                                 attention_dim=512)
+            speed, memory = measure(config, args.batches)
+            rows.append((decoder, batch_size, speed, memory))
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; embed/hidden/attention 512, efficientnet_lite0 7x7x1280 features")
+    print(f"{'decoder':<10} {'batch':>5} {'captions/s':>11} {'peak RSS MB':>12}")
+    for decoder, batch_size, speed, memory in rows:
+        print(f"{decoder:<10} {batch_size:>5} {speed:>11.0f} {memory:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
