@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +146,51 @@ def test_cli_train_accepts_the_classic_flags(shapes: Path, tmp_path: Path) -> No
                  "8", "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path / "runs"),
                  "--freq_threshold", "1", "--model_path", str(run / "best.pt")]) == 0
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_killed_mid_run_then_resumed_finishes_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL a real `captioner train` process once its first checkpoint exists, resume from that checkpoint,
+    and the finished run has the losses of a run that was never interrupted."""
+    data = generate_shapes(tmp_path / "shapes", num_images=150, seed=4)
+    arguments = [sys.executable, "-m", "captioner", "train", "--dataset_type", "shapes", "--data_dir", str(data),
+                 "--encoder", "tiny_random", "--cache_dir", str(tmp_path / "cache"), "--decoder", "attention",
+                 "--embed_size", "16", "--hidden_size", "16", "--attention_dim", "16", "--epochs", "3",
+                 "--batch_size", "4", "--learning_rate", "3e-3", "--freq_threshold", "1", "--use_scheduler",
+                 "--scheduler_type", "cosine"]
+    whole = subprocess.run([*arguments, "--output_dir", str(tmp_path / "whole")], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([*arguments, "--output_dir", str(killed_dir)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed_dir.glob("*/model_epoch_1.pt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    (killed_run,) = killed_dir.iterdir()
+    assert not (killed_run / "model_epoch_3.pt").exists()
+    resumed = subprocess.run([*arguments, "--output_dir", str(tmp_path / "resumed"), "--resume",
+                              str(killed_run / "model_epoch_1.pt")], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    (whole_run,), (resumed_run,) = (tmp_path / "whole").iterdir(), (tmp_path / "resumed").iterdir()
+    assert [e["train_loss"] for e in history(resumed_run)] == [e["train_loss"] for e in history(whole_run)]
+    assert [e["val_loss"] for e in history(resumed_run)] == [e["val_loss"] for e in history(whole_run)]
+
+
+@pytest.mark.parametrize("options", [{"augment": True}, {"fine_tune_encoder": True, "augment": True}])
+def test_training_on_images_instead_of_the_cache(shapes: Path, tmp_path: Path, options: dict) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, **options), ["captioner"]).run()
+    entries = history(run)
+    assert len(entries) == 2 and entries[1]["train_loss"] < entries[0]["train_loss"]
+    assert not (tmp_path / "cache").exists()  # no feature cache written
+    checkpoint = load_checkpoint(run / "best.pt")
+    encoder_state = checkpoint["encoder_state"]
+    if options.get("fine_tune_encoder"):
+        from captioner.encoders import create_encoder
+
+        original = create_encoder("tiny_random").state_dict()
+        assert any(not torch.equal(encoder_state[name], original[name]) for name in original)  # the encoder learned
+        with pytest.raises(CaptionerError, match="fine-tuned encoder; resume it with --fine_tune_encoder"):
+            Trainer(small(shapes, tmp_path, epochs=3, max_images=30, resume=str(run / "best.pt")), ["captioner"])
+    else:
+        assert encoder_state is None

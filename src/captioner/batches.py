@@ -58,9 +58,14 @@ def make_batch(examples: CaptionExamples, indices: list[int], store: FeatureStor
     if flip_mask is not None and flip_mask.any():
         flipped = store.grid_flip if use_grid else store.pooled_flip
         features[flip_mask] = flipped[rows[flip_mask]]
+    return torch.from_numpy(features), pad_captions(examples, indices)
+
+
+def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:
+    """Captions (B, T) padded with <pad>=0 to the longest of the batch."""
     longest = max(len(examples.captions[i]) for i in indices)
     captions = torch.zeros(len(indices), longest, dtype=torch.long)
     for position, index in enumerate(indices):
         caption = examples.captions[index]
         captions[position, :len(caption)] = torch.tensor(caption)
-    return torch.from_numpy(features), captions
+    return captions

@@ -61,8 +61,9 @@ def run_data_stats(args: argparse.Namespace) -> int:
 
 def run_data_download(args: argparse.Namespace) -> int:
     from captioner.data.download import download_dataset
+    from captioner.data.formats import default_data_dir
 
-    folder = download_dataset(args.name, args.data_dir, base_url=args.base_url)
+    folder = download_dataset(args.name, args.data_dir or default_data_dir(args.name), base_url=args.base_url)
     print(f"{args.name} is ready in {folder}")
     return 0
 
@@ -80,7 +81,8 @@ def add_data_commands(subcommands: argparse._SubParsersAction) -> None:
 
     download = data_commands.add_parser("download", help="download a public dataset (needs a network)")
     download.add_argument("name", choices=sorted(DOWNLOADS))
-    flag(download, "--data_dir", type=Path, required=True, help="folder to download and extract into")
+    flag(download, "--data_dir", type=Path,
+         help="folder to download and extract into (default $CAPTIONER_DATA/NAME, else data/NAME)")
     flag(download, "--base_url", help=argparse.SUPPRESS)  # tests point this at a loopback server
     download.set_defaults(run=run_data_download)
 
@@ -141,9 +143,13 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     from captioner.decoders import DECODER_TYPES
     from captioner.schedulers import SCHEDULER_TYPES
 
-    train = subcommands.add_parser("train", help="train a captioning model on cached encoder features")
+    train = subcommands.add_parser("train", help="train a captioning model (on cached encoder features by default)")
     add_dataset_args(train)
     add_encoder_args(train)
+    images = train.add_argument_group("training on images instead of the feature cache")
+    flag(images, "--fine_tune_encoder", action="store_true", help="train the encoder too (batch norm stays frozen)")
+    flag(images, "--augment", action="store_true", help="random crop, flip and colour jitter of each image")
+    flag(images, "--encoder_lr", type=float, default=1e-4, help="learning rate of a fine-tuned encoder")
     model = train.add_argument_group("model")
     flag(model, "--decoder", choices=DECODER_TYPES, default="attention", help="default: attention")
     flag(model, "--embed_size", type=int, default=512)

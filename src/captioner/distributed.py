@@ -36,6 +36,15 @@ class Processes:
         if self.distributed:
             dist.barrier()
 
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Average gradients of parameters outside the DDP-wrapped module (a fine-tuned encoder)."""
+        if not self.distributed:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= self.world_size
+
     def sum(self, *values: float) -> list[float]:
         """Sum numbers over all processes."""
         if not self.distributed:

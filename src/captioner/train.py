@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from captioner.batches import CaptionExamples, bucketed_batches, make_batch
+from captioner.batches import CaptionExamples, bucketed_batches, make_batch, pad_captions
 from captioner.checkpoint import load_checkpoint
 from captioner.data.formats import load_dataset
 from captioner.data.records import Dataset
@@ -28,6 +28,7 @@ from captioner.devices import autocast, keep_freed_memory, pick_device
 from captioner.distributed import Processes, start_processes, stop_processes
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, extract_features
+from captioner.live_features import LiveFeatures
 from captioner.rundir import RunFiles
 from captioner.schedulers import Schedule, ScheduleSettings
 
@@ -54,6 +55,9 @@ class TrainConfig:
     image_size: int | None = None
     cache_dir: str | None = None
     augment_flip: bool = False
+    fine_tune_encoder: bool = False  # train the encoder too, on images (no feature cache)
+    augment: bool = False  # random crop, flip and colour jitter of the images (no feature cache)
+    encoder_lr: float = 1e-4
     num_workers: int | None = None
     device: str | None = None
     decoder: str = "attention"
@@ -151,8 +155,10 @@ class Trainer:
         self.decoder = build_decoder(self.model_config).to(self.device)
         self.model = self.decoder  # what the training step calls: the decoder, or its DDP wrapper
         # fused Adam: one kernel for all parameters instead of a dozen passes over each
-        self.optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay,
+        groups = [{"params": list(self.decoder.parameters())}]
+        if self.live is not None and self.live.fine_tune:
+            groups.append({"params": self.live.parameters(), "lr": config.encoder_lr})
+        self.optimizer = torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
                                           fused=self.device.type in ("cpu", "cuda"))
         steps = math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = Schedule(self.optimizer, config.schedule, config.epochs, steps) if config.use_scheduler else None
@@ -180,8 +186,21 @@ class Trainer:
         tokens = (clean_caption(text) for record in self.dataset.split("train") for text in record.captions)
         return Vocabulary.build(tokens, self.config.freq_threshold, self.config.max_vocab)
 
-    def _features(self) -> FeatureStore:
+    @property
+    def live(self) -> LiveFeatures | None:
+        """The encoder run on images at every step, when fine-tuning or augmenting; None with the cache."""
+        return self.store if isinstance(self.store, LiveFeatures) else None
+
+    def _features(self) -> FeatureStore | LiveFeatures:
         c = self.config
+        if c.fine_tune_encoder or c.augment:
+            if c.augment_flip:
+                raise CaptionerError("--augment_flip caches flipped features; with --augment/--fine_tune_encoder "
+                                     "images are flipped on the fly, so leave --augment_flip out")
+            images = [r.image for r in self.dataset.records if r.split in ("train", "dev", "test")]
+            return LiveFeatures(images, c.encoder, Path(c.encoder_weights) if c.encoder_weights else None,
+                                c.image_size, augment=c.augment, fine_tune=c.fine_tune_encoder, device=self.device,
+                                amp=c.amp)
         images = [r.image for r in self.dataset.records if r.split in ("train", "dev", "test")]
         return extract_features(images, c.encoder, image_size=c.image_size,
                                 cache_dir=Path(c.cache_dir) if c.cache_dir else None, flip=c.augment_flip,
@@ -199,6 +218,13 @@ class Trainer:
             raise CaptionerError(f"checkpoint {source} was trained on {checkpoint['encoder']} features, "
                                  f"not {self.config.encoder}; pass --encoder {checkpoint['encoder']}")
         self.decoder.load_state_dict(checkpoint["model"])
+        if checkpoint.get("encoder_state") is not None:
+            if self.live is None or not self.live.fine_tune:
+                raise CaptionerError(f"checkpoint {source} has a fine-tuned encoder; resume it with --fine_tune_encoder")
+            self.live.encoder.load_state_dict(checkpoint["encoder_state"])
+        elif self.live is not None and self.live.fine_tune:
+            raise CaptionerError(f"checkpoint {source} was trained with a frozen encoder; leave out --fine_tune_encoder "
+                                 "to resume it (start a new run to fine-tune)")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.schedule is not None and checkpoint.get("scheduler"):
             self.schedule.load_state_dict(checkpoint["scheduler"])
@@ -239,15 +265,22 @@ class Trainer:
             flip = (torch.rand(len(indices), generator=generator) < 0.5).numpy()
         total_words = sum(len(self.train_set.captions[i]) - 1 for i in indices)
         local = self.processes.shard(list(range(len(indices))))
-        features, captions = make_batch(self.train_set, [indices[i] for i in local], self.store,
-                                        self.decoder.uses_grid, flip[local] if flip is not None else None)
+        mine = [indices[i] for i in local]
+        if self.live is not None:
+            captions = pad_captions(self.train_set, mine)
+            features = self.live.features(self.train_set.rows[mine].tolist(), self.decoder.uses_grid, train=True)
+        else:
+            features, captions = make_batch(self.train_set, mine, self.store, self.decoder.uses_grid,
+                                            flip[local] if flip is not None else None)
         features, captions = features.to(self.device), captions.to(self.device)
         with autocast(self.device, self.config.amp):
             loss, cross_entropy = self._loss(features, captions, total_words, len(indices))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        encoder_parameters = self.live.parameters() if self.live is not None else []
+        self.processes.average_gradients(encoder_parameters)  # DDP wraps the decoder only
         if self.config.clip_norm:
-            nn.utils.clip_grad_norm_(self.decoder.parameters(), self.config.clip_norm)
+            nn.utils.clip_grad_norm_([*self.decoder.parameters(), *encoder_parameters], self.config.clip_norm)
         self.optimizer.step()
         if self.schedule is not None:
             self.schedule.after_batch()
@@ -280,8 +313,8 @@ class Trainer:
         order = list(range(len(self.dev_set)))
         for start in range(0, len(order), 256):
             indices = order[start:start + 256]
-            features, captions = make_batch(self.dev_set, indices, self.store, self.decoder.uses_grid)
-            captions = captions.to(self.device)
+            captions = pad_captions(self.dev_set, indices).to(self.device)
+            features = self._features_of_rows(self.dev_set.rows[indices])
             with autocast(self.device, self.config.amp):
                 logits, _ = self.decoder(features.to(self.device), captions)
                 cross_entropy = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), captions[:, 1:].reshape(-1))
@@ -292,16 +325,22 @@ class Trainer:
     def dev_bleu(self) -> dict[str, float]:
         records = self.dev_records[: self.config.bleu_images]
         hypotheses, references = {}, {}
-        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
         for start in range(0, len(records), 250):
             chunk = records[start:start + 250]
-            rows = [self.store.row(r.image) for r in chunk]
-            features = torch.from_numpy(np.ascontiguousarray(source[rows])).to(self.device)
+            features = self._features_of_rows([self.store.row(r.image) for r in chunk])
             for offset, decoded in enumerate(greedy(self.decoder, features, self.vocab, self.config.max_length)):
                 key = start + offset
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
         return bleu_scores(references, hypotheses)
+
+    def _features_of_rows(self, rows: list[int] | np.ndarray) -> torch.Tensor:
+        """Features of these images as the decoder reads them, without augmentation or gradients."""
+        if self.live is not None:
+            with torch.no_grad():
+                return self.live.features(list(rows), self.decoder.uses_grid, train=False)
+        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
+        return torch.from_numpy(np.ascontiguousarray(source[np.asarray(rows)])).to(self.device)
 
     # ---- the run
 
@@ -311,6 +350,7 @@ class Trainer:
                 "encoder_settings": self.store.settings, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict() if self.schedule else None, "epoch": epoch,
                 "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
+                "encoder_state": self.live.encoder.state_dict() if self.live and self.live.fine_tune else None,
                 "train_config": _plain(asdict(self.config)), "rng": {"torch": torch.get_rng_state()}}
 
     def run(self) -> Path | None:
@@ -330,8 +370,9 @@ class Trainer:
                  + (f"; {self.processes.world_size} processes" if self.processes.distributed else ""))
         unreadable = self.train_set.missing_images + self.dev_set.missing_images
         if unreadable:
-            self.log(f"left out {unreadable} train/dev images the encoder could not read (listed in "
-                     f"{self.store.folder / 'manifest.json'} under 'skipped')")
+            where = (f"{self.store.folder / 'manifest.json'} under 'skipped'" if self.live is None
+                     else ", ".join(f"{name}: {why}" for name, why in list(self.store.skipped.items())[:5]))
+            self.log(f"left out {unreadable} train/dev images the encoder could not read ({where})")
         patience_left = c.early_stopping_patience
         for epoch in range(self.start_epoch, c.epochs + 1):
             train_loss, speed = self.train_epoch(epoch)
@@ -379,9 +420,8 @@ class Trainer:
         records = held_out[:count]
         if not records:
             return
-        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
-        features = torch.from_numpy(np.ascontiguousarray(source[[self.store.row(r.image) for r in records]]))
-        for record, decoded in zip(records, greedy(self.decoder, features.to(self.device), self.vocab, self.config.max_length)):
+        features = self._features_of_rows([self.store.row(r.image) for r in records])
+        for record, decoded in zip(records, greedy(self.decoder, features, self.vocab, self.config.max_length)):
             self.log(f"{record.image_id}: {' '.join(self.vocab.decode(decoded.tokens))}")
             self.log(f"    reference: {record.captions[0]}")
 

@@ -159,3 +159,9 @@ def test_layout_detection_finds_flicker8k_dataset_folder(tmp_path: Path) -> None
     dataset = load_dataset("flickr8k", tmp_path)
     assert dataset.records[0].image == tmp_path / "Flicker8k_Dataset" / "a.jpg"
     assert dataset.records[0].split == "train"
+
+
+def test_without_data_dir_the_default_folder_is_used_or_named(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CAPTIONER_DATA", str(tmp_path))
+    with pytest.raises(CaptionerError, match=f"default {tmp_path / 'flickr8k'} is not a folder"):
+        load_dataset("flickr8k", None)

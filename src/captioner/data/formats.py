@@ -64,6 +64,12 @@ def load_dataset(
     return Dataset(dataset.name, records, dataset.report)
 
 
+def default_data_dir(dataset_type: str) -> Path:
+    """Where a dataset is looked for (and downloaded to) without --data_dir: $CAPTIONER_DATA/<type>, else
+    data/<type> under the current folder, as the usual tutorials lay it out."""
+    return Path(os.environ.get("CAPTIONER_DATA", "data")).expanduser() / dataset_type
+
+
 def _load_full(dataset_type: str, data_dir: Path | str | None, captions_file: Path | str | None,
                seed: int) -> Dataset:
     if dataset_type not in DATASET_TYPES:
@@ -73,10 +79,14 @@ def _load_full(dataset_type: str, data_dir: Path | str | None, captions_file: Pa
 
         return load_shapes(data_dir, seed=seed)
     if data_dir is None:
-        raise CaptionerError(f"--data_dir is required for --dataset_type {dataset_type}")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise CaptionerError(f"--data_dir {root} is not a folder; point it at the {dataset_type} dataset")
+        root = default_data_dir(dataset_type)
+        if not root.is_dir():
+            raise CaptionerError(f"no --data_dir given and the default {root} is not a folder; pass --data_dir, set "
+                                 f"$CAPTIONER_DATA, or run `captioner data download {dataset_type}`")
+    else:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise CaptionerError(f"--data_dir {root} is not a folder; point it at the {dataset_type} dataset")
     explicit = Path(captions_file).expanduser() if captions_file else None
     if explicit is not None and not explicit.is_file():
         raise CaptionerError(f"--captions_file {explicit} does not exist")
