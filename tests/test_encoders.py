@@ -67,3 +67,20 @@ def test_offline_torchvision_download_says_where_to_put_the_file(tmp_path: Path,
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(CaptionerError, match=r"put it at .*resnet101-cd907fc2.pth, or pass --encoder_weights"):
         create_encoder("resnet101")
+
+
+def test_download_goes_into_a_created_hub_folder(tmp_path: Path, monkeypatch) -> None:
+    """Bug: with no ~/.cache/torch/hub/checkpoints yet, the download failed on the missing folder before
+    touching the network, and the error showed a confusing '.partial' path."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "fresh" / "hub"))
+    targets = []
+
+    def fake_download(url: str, destination: str, progress: bool = True) -> None:
+        targets.append(Path(destination))
+        assert Path(destination).parent.is_dir()
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    with pytest.raises(CaptionerError, match="network unreachable"):
+        create_encoder("inception_v3")
+    assert targets == [tmp_path / "fresh/hub/checkpoints/inception_v3_google-0cc3c7bd.pth"]

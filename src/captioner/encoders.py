@@ -143,6 +143,7 @@ def _torchvision_weights_file(name: str) -> Path:
     if path.is_file():
         return path
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path), progress=True)
     except Exception as error:  # any network failure: the fix is the same
         raise CaptionerError(
