@@ -1,4 +1,9 @@
-"""Turn image features into captions, batched over images: every image of the batch decodes at once."""
+"""Turn image features into captions, batched over images: every image of the batch decodes at once.
+
+Three strategies share the decoders' step interface, so each works with every decoder:
+greedy, beam search (images x beams in one batch), and sampling (temperature, top-k, top-p).
+Logits are turned into log-probabilities in fp32: in bf16, near-ties flip words between runs.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from captioner.decoders import Decoder
 from captioner.data.vocab import Vocabulary
+from captioner.decoders import Decoder
+
+STRATEGIES = ("greedy", "beam", "sample")
 
 
 @dataclass
@@ -16,12 +23,56 @@ class Decoded:
 
     tokens: list[int]
     log_prob: float
-    attention: torch.Tensor | None = None  # (steps, L)
+    attention: torch.Tensor | None = None  # (steps, L): one row per emitted word (and <end> when emitted)
+    score: float | None = None  # what the hypotheses were ranked by (beam search: with the length penalty)
+
+
+@dataclass
+class DecodeSettings:
+    strategy: str = "beam"
+    beam_size: int = 3
+    max_length: int = 30
+    length_penalty: float = 0.0  # beam: rank by log_prob / length ** length_penalty (0: the plain sum)
+    no_repeat_ngram: int = 0  # beam: forbid repeating any n-gram of this size (0: off)
+    temperature: float = 1.0
+    top_k: int = 0  # sample: only the k most likely words (0: all)
+    top_p: float = 1.0  # sample: the smallest set of words whose probability reaches p
+    num_captions: int = 1  # per image: the best N beams, or N distinct samples
+    seed: int | None = None  # sample: the same seed gives the same captions
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.beam_size < 1 or self.num_captions < 1 or self.max_length < 1:
+            raise ValueError("beam_size, num_captions and max_length must be at least 1")
+        if self.strategy == "beam" and self.num_captions > self.beam_size:
+            raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+
+
+def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,
+           settings: DecodeSettings) -> list[list[Decoded]]:
+    """Captions of every image: a list (best first, `num_captions` long at most) per image."""
+    if settings.strategy == "greedy":
+        return [[result] for result in greedy(decoder, features, vocab, settings.max_length)]
+    if settings.strategy == "beam":
+        return beam_search(decoder, features, vocab, settings.beam_size, settings.max_length,
+                           settings.length_penalty, settings.no_repeat_ngram, settings.num_captions)
+    return sample(decoder, features, vocab, settings.num_captions, settings.max_length, settings.temperature,
+                  settings.top_k, settings.top_p, settings.seed)
+
+
+def word_log_probs(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """Log-probabilities of the next word in fp32; <pad> and <start> are never a next word."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    log_probs[:, [vocab.pad_id, vocab.start_id]] = float("-inf")
+    return log_probs
 
 
 @torch.no_grad()
 def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_length: int = 30) -> list[Decoded]:
-    """The most likely word at every step. Logits are computed in fp32 (bf16 near-ties flip words)."""
+    """The most likely word at every step."""
     batch = features.shape[0]
     state = decoder.start(features)
     tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=features.device)
@@ -29,7 +80,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_leng
     chosen, scores, alphas = [], torch.zeros(batch, device=features.device), []
     for _ in range(max_length):
         logits, state, alpha = decoder.step(tokens, state)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_probs = word_log_probs(logits, vocab)
         best, tokens = log_probs.max(-1)
         scores += torch.where(finished, torch.zeros_like(best), best)
         chosen.append(tokens)
@@ -42,7 +93,199 @@ def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_leng
     attention = torch.stack(alphas, 1) if alphas else None  # (B, steps, L)
     results = []
     for row, sequence in enumerate(ids):
-        length = sequence.index(vocab.end_id) if vocab.end_id in sequence else len(sequence)
-        results.append(Decoded(sequence[:length], float(scores[row]),
-                               attention[row, :length].cpu() if attention is not None else None))
+        length = sequence.index(vocab.end_id) + 1 if vocab.end_id in sequence else len(sequence)
+        words = sequence[:length - 1] if vocab.end_id in sequence else sequence
+        score = float(scores[row])
+        results.append(Decoded(words, score, attention[row, :length].cpu() if attention is not None else None, score))
     return results
+
+
+@torch.no_grad()
+def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, beam_size: int = 3,
+                max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+                num_captions: int = 1) -> list[list[Decoded]]:
+    """Beam search over images x beams at once.
+
+    Each step scores every (beam, word) continuation, keeps the best 2K over the flattened beam x vocabulary
+    scores, sets aside those that end the caption, and continues with the best K that do not; the decoder
+    state follows its beam by index. An image is done once it has K finished captions and no live beam can
+    still beat them; an image with no finished caption at the length limit gets its best live beams.
+    """
+    batch, K, device = features.shape[0], beam_size, features.device
+    state = decoder.select(decoder.start(features), torch.arange(batch, device=device).repeat_interleave(K))
+    tokens = torch.full((batch * K,), vocab.start_id, dtype=torch.long, device=device)
+    # only the first beam of each image is live at the start, so its K copies do not fill the beam with twins
+    scores = torch.full((batch, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    history = torch.empty(batch * K, 0, dtype=torch.long, device=device)  # words so far, per beam
+    attention: torch.Tensor | None = None  # (B*K, steps, L)
+    finished: list[list[tuple[float, Decoded]]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    offsets = (torch.arange(batch, device=device) * K).unsqueeze(1)  # (B, 1): first beam row of each image
+
+    def rank(log_prob: float, length: int) -> float:
+        return log_prob / (max(length, 1) ** length_penalty) if length_penalty else log_prob
+
+    for step in range(max_length):
+        logits, state, alpha = decoder.step(tokens, state)
+        log_probs = word_log_probs(logits, vocab)  # (B*K, V)
+        if no_repeat_ngram:
+            log_probs = _block_repeated_ngrams(log_probs, history, no_repeat_ngram)
+        vocab_size = log_probs.shape[1]
+        candidates = (scores.unsqueeze(2) + log_probs.view(batch, K, vocab_size)).view(batch, K * vocab_size)
+        top_scores, top_index = candidates.topk(2 * K, dim=1)  # (B, 2K)
+        beam_of, word_of = top_index // vocab_size, top_index % vocab_size
+        steps_attention = None
+        if alpha is not None:
+            steps_attention = alpha.unsqueeze(1) if attention is None else torch.cat([attention, alpha.unsqueeze(1)], 1)
+        # set aside candidates that end a caption (CPU side: a handful per image)
+        is_end = (word_of == vocab.end_id) & torch.isfinite(top_scores)
+        for image, position in is_end.nonzero().tolist():
+            if done[image] or position >= K:  # only ends that rank among the K best count (as in a beam of K)
+                continue
+            row = int(offsets[image, 0] + beam_of[image, position])
+            score = float(top_scores[image, position])
+            words = history[row].tolist()
+            weights = steps_attention[row].cpu() if steps_attention is not None else None
+            finished[image].append((rank(score, len(words) + 1), Decoded(words, score, weights)))
+        # continue with the K best candidates that do not end
+        keep = (~is_end).float().masked_fill(~torch.isfinite(top_scores), 0.5)  # ends last, dead beams after
+        order = keep.argsort(dim=1, descending=True, stable=True)[:, :K]  # stable: best scores first
+        next_scores = top_scores.gather(1, order).masked_fill(is_end.gather(1, order), float("-inf"))
+        rows = (offsets + beam_of.gather(1, order)).view(-1)  # (B*K,) beam each new beam extends
+        tokens = word_of.gather(1, order).view(-1)
+        state = decoder.select(state, rows)
+        history = torch.cat([history[rows], tokens.unsqueeze(1)], 1)
+        if steps_attention is not None:
+            attention = steps_attention[rows]
+        scores = next_scores
+        done |= _finished_enough(finished, scores, K, step + 1, rank, device)
+        scores[done] = float("-inf")
+        if bool(done.all()):
+            break
+    results = []
+    for image in range(batch):
+        hypotheses = finished[image]
+        if len(hypotheses) < num_captions:  # length limit reached: the best unfinished beams instead
+            for beam in range(K):
+                row, score = image * K + beam, float(scores[image, beam])
+                if score == float("-inf"):
+                    continue
+                weights = attention[row].cpu() if attention is not None else None
+                hypotheses.append((rank(score, history.shape[1]), Decoded(history[row].tolist(), score, weights)))
+        hypotheses.sort(key=lambda item: item[0], reverse=True)
+        results.append([_with_score(decoded, ranked) for ranked, decoded in hypotheses[:num_captions]])
+    return results
+
+
+def _with_score(decoded: Decoded, score: float) -> Decoded:
+    decoded.score = score
+    return decoded
+
+
+def _finished_enough(finished: list[list[tuple[float, Decoded]]], scores: torch.Tensor, K: int, length: int,
+                     rank, device: torch.device) -> torch.Tensor:
+    """Images whose K-th best finished caption already beats every live beam. Log-probabilities only fall as
+    words are added, so with no length penalty a live beam can never overtake it (with one, this is the usual
+    approximation of judging it at its current length)."""
+    best_live = scores.max(1).values.tolist()
+    result = []
+    for image, hypotheses in enumerate(finished):
+        if len(hypotheses) < K:
+            result.append(False)
+            continue
+        kth = sorted((ranked for ranked, _ in hypotheses), reverse=True)[K - 1]
+        result.append(best_live[image] == float("-inf") or rank(best_live[image], length + 1) <= kth)
+    return torch.tensor(result, dtype=torch.bool, device=device)
+
+
+def _block_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid each beam the words that would repeat one of its n-grams."""
+    length = history.shape[1]
+    if length < n:  # no complete n-gram yet
+        return log_probs
+    if n == 1:
+        return log_probs.scatter(1, history, float("-inf"))
+    grams = history.unfold(1, n, 1)  # (N, length-n+1, n)
+    prefix = history[:, length - n + 1:]  # (N, n-1): the words the next one would extend
+    matches = (grams[:, :, :-1] == prefix.unsqueeze(1)).all(2)  # (N, G)
+    banned = torch.where(matches, grams[:, :, -1], torch.full_like(grams[:, :, -1], -1))
+    mask = torch.zeros_like(log_probs, dtype=torch.bool)
+    valid = banned >= 0
+    mask.scatter_(1, banned.clamp(min=0), valid)
+    return log_probs.masked_fill(mask, float("-inf"))
+
+
+@torch.no_grad()
+def sample(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, num_captions: int = 1,
+           max_length: int = 30, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           seed: int | None = None, rounds: int = 5) -> list[list[Decoded]]:
+    """Up to `num_captions` distinct sampled captions per image, most likely first. Draws in rounds of
+    2 x num_captions samples per image until enough distinct ones are found; an image whose distribution is
+    too peaked to give that many distinct captions in `rounds` rounds gets fewer."""
+    generator = torch.Generator(device=features.device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    batch, draws = features.shape[0], 2 * num_captions
+    found: list[dict[tuple[int, ...], Decoded]] = [{} for _ in range(batch)]
+    for _ in range(rounds):
+        pending = [image for image in range(batch) if len(found[image]) < num_captions]
+        if not pending:
+            break
+        index = torch.tensor(pending, device=features.device).repeat_interleave(draws)
+        for position, decoded in enumerate(_sample_once(decoder, features[index], vocab, max_length, temperature,
+                                                        top_k, top_p, generator)):
+            image = pending[position // draws]
+            found[image].setdefault(tuple(decoded.tokens), decoded)
+    results = []
+    for distinct in found:
+        ordered = sorted(distinct.values(), key=lambda d: d.log_prob, reverse=True)[:num_captions]
+        results.append([_with_score(d, d.log_prob) for d in ordered])
+    return results
+
+
+def _sample_once(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_length: int, temperature: float,
+                 top_k: int, top_p: float, generator: torch.Generator) -> list[Decoded]:
+    batch, device = features.shape[0], features.device
+    state = decoder.start(features)
+    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    chosen, scores, alphas = [], torch.zeros(batch, device=device), []
+    for _ in range(max_length):
+        logits, state, alpha = decoder.step(tokens, state)
+        log_probs = word_log_probs(logits, vocab)
+        filtered = _filter(log_probs / temperature, top_k, top_p)
+        tokens = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator).squeeze(1)
+        picked = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # model log-prob, not the tempered one
+        scores += torch.where(finished, torch.zeros_like(picked), picked)
+        tokens = torch.where(finished, torch.full_like(tokens, vocab.end_id), tokens)
+        chosen.append(tokens)
+        if alpha is not None:
+            alphas.append(alpha)
+        finished |= tokens == vocab.end_id
+        if finished.all():
+            break
+    ids = torch.stack(chosen, 1).tolist()
+    attention = torch.stack(alphas, 1) if alphas else None
+    results = []
+    for row, sequence in enumerate(ids):
+        ended = vocab.end_id in sequence
+        length = sequence.index(vocab.end_id) + 1 if ended else len(sequence)
+        words = sequence[:length - 1] if ended else sequence
+        results.append(Decoded(words, float(scores[row]), attention[row, :length].cpu() if attention is not None else None))
+    return results
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top-k words and the smallest set reaching probability top_p; the rest get -inf."""
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        cumulative = torch.softmax(ordered, -1).cumsum(-1)
+        drop = cumulative - torch.softmax(ordered, -1) >= top_p  # words after the set has reached top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
