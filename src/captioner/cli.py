@@ -187,6 +187,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")
     flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
     flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
+    flag(run, "--mode", choices=("train", "test"), default="train",
+         help="test: evaluate --model_path instead (same as `captioner evaluate`)")
     train.set_defaults(run=run_train)
 
 
@@ -204,6 +206,81 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    from captioner.decoding import STRATEGIES
+
+    group = parser.add_argument_group("decoding")
+    flag(group, "--strategy", choices=STRATEGIES, default="beam", help="default: beam")
+    flag(group, "--beam_size", type=int, default=3, help="default 3 (larger is often worse)")
+    flag(group, "--length_penalty", type=float, default=0.0,
+         help="beam: rank by log-probability / length**P (default 0: the plain sum)")
+    flag(group, "--no_repeat_ngram", type=int, default=0, help="beam: never repeat an n-gram of this size")
+    flag(group, "--max_length", type=int, default=30, help="longest caption in words")
+    flag(group, "--temperature", type=float, default=1.0, help="sample: softmax temperature")
+    flag(group, "--top_k", type=int, default=0, help="sample: only the K most likely words (0: all)")
+    flag(group, "--top_p", type=float, default=1.0, help="sample: nucleus probability mass")
+    flag(group, "--num_captions", type=int, default=1, help="captions per image (best beams, or distinct samples)")
+    flag(group, "--sample_seed", type=int, help="sample: seed for repeatable captions")
+
+
+def decode_settings(args: argparse.Namespace):
+    from captioner.decoding import DecodeSettings
+
+    try:
+        return DecodeSettings(args.strategy, args.beam_size, args.max_length, args.length_penalty,
+                              args.no_repeat_ngram, args.temperature, args.top_k, args.top_p,
+                              getattr(args, "num_captions", 1), args.sample_seed)
+    except ValueError as error:
+        raise CaptionerError(str(error)) from error
+
+
+def add_evaluate_command(subcommands: argparse._SubParsersAction) -> None:
+    evaluate = subcommands.add_parser("evaluate", help="caption a split and score it (BLEU, METEOR, ROUGE-L, CIDEr)")
+    configure_evaluate_parser(evaluate)
+
+
+def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
+    from captioner.data.formats import DATASET_TYPES
+
+    flag(evaluate, "--model_path", type=Path, required=True, help="checkpoint, e.g. runs/RUN/best.pt")
+    flag(evaluate, "--split", choices=("test", "dev", "train"), default="test", help="default: test")
+    data = evaluate.add_argument_group("data (default: what the model was trained on)")
+    flag(data, "--dataset_type", choices=DATASET_TYPES)
+    flag(data, "--data_dir", type=Path)
+    flag(data, "--captions_file", type=Path)
+    flag(data, "--max_images", type=int, help="evaluate the first N images of the split only")
+    flag(data, "--cache_dir", type=Path, help="feature cache folder (default: the one training used)")
+    flag(data, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
+    flag(data, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    flag(data, "--batch_size", type=int, default=100, help="images decoded at once")
+    add_decoding_args(evaluate)
+    flag(evaluate, "--output_dir", type=Path, help="evaluation folder (default: a new one beside the checkpoint)")
+    evaluate.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from captioner.evaluate import evaluate
+    from captioner.trained import load_trained
+
+    if args.num_captions != 1:
+        raise CaptionerError("evaluate scores one caption per image; leave out --num_captions")
+    settings = decode_settings(args)
+    model = load_trained(args.model_path, args.device)
+    result = evaluate(model, args.split, settings, dataset_type=args.dataset_type,
+                      data_dir=str(args.data_dir) if args.data_dir else None,
+                      captions_file=str(args.captions_file) if args.captions_file else None,
+                      max_images=args.max_images, output_dir=args.output_dir, cache_dir=args.cache_dir,
+                      encoder_weights=args.encoder_weights, batch_size=args.batch_size)
+    print(f"{len(result.captions)} {args.split} images, {settings.strategy}"
+          + (f" {settings.beam_size}" if settings.strategy == "beam" else "") + f", {result.seconds:.0f} s")
+    print(result.scores.table())
+    print(f"evaluation folder: {result.folder}")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -216,12 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(subcommands)
     add_extract_command(subcommands)
     add_train_command(subcommands)
+    add_evaluate_command(subcommands)
     return parser
+
+
+def test_mode_arguments(argv: list[str]) -> list[str] | None:
+    """`captioner train --mode test ...`, the classic spelling of evaluate: the evaluate arguments, or None."""
+    if not argv or argv[0] != "train":
+        return None
+    rest = list(argv[1:])
+    for position, item in enumerate(rest):
+        if item in ("--mode", "--mode=test", "--mode=train"):
+            value = item.split("=", 1)[1] if "=" in item else (rest[position + 1] if position + 1 < len(rest) else "")
+            if value != "test":
+                return None
+            del rest[position:position + (1 if "=" in item else 2)]
+            return rest
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    evaluate_argv = test_mode_arguments(argv)
+    if evaluate_argv is not None:
+        evaluate_parser = argparse.ArgumentParser(prog="captioner train --mode test")
+        configure_evaluate_parser(evaluate_parser)
+        args, ignored = evaluate_parser.parse_known_args(evaluate_argv)
+        if ignored:
+            print(f"captioner: --mode test evaluates; ignoring training options {' '.join(ignored)}", file=sys.stderr)
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except CaptionerError as error:

@@ -1,0 +1,47 @@
+"""A trained model read back from its checkpoint: the decoder, its vocabulary, and how its features were made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from captioner.checkpoint import load_checkpoint
+from captioner.data.vocab import Vocabulary
+from captioner.decoders import Decoder, DecoderConfig, build_decoder
+from captioner.devices import pick_device
+from captioner.errors import CaptionerError
+
+
+@dataclass
+class TrainedModel:
+    decoder: Decoder
+    vocab: Vocabulary
+    encoder_name: str
+    encoder_settings: dict  # image_size, weights_sha256, transform, grid: what features the decoder expects
+    encoder_state: dict | None  # weights of a fine-tuned encoder; None when it was frozen
+    train_config: dict  # every training setting (dataset, encoder weights file, ...)
+    source: Path
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.encoder_settings["image_size"])
+
+
+def load_trained(path: Path | str, device: str | torch.device | None = None) -> TrainedModel:
+    """The model of a checkpoint in eval mode on `device` (default: CUDA when present)."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    run_device = device if isinstance(device, torch.device) else pick_device(device)
+    try:
+        config = DecoderConfig(**checkpoint["model_config"])
+        decoder = build_decoder(config)
+        decoder.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise CaptionerError(f"checkpoint {path} does not hold a model this captioner can rebuild: "
+                             f"{str(error).splitlines()[0][:160]}") from error
+    vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
+    return TrainedModel(decoder.to(run_device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
+                        checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, run_device)

@@ -1,0 +1,69 @@
+"""captioner evaluate on a small model trained in the test."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from captioner.cli import main
+from captioner.data.shapes import generate_shapes
+from captioner.metrics import METRIC_NAMES, java_available
+from captioner.train import Trainer, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("evaluate")
+    data = generate_shapes(root / "shapes", num_images=80, seed=5)
+    config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
+                         decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
+                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1)
+    return Trainer(config, ["captioner"]).run() / "best.pt"
+
+
+def test_evaluate_writes_the_folder_and_the_scores_can_be_recomputed(trained: Path, capsys) -> None:
+    assert main(["evaluate", "--model_path", str(trained), "--beam_size", "2"]) == 0
+    folder = trained.parent / "eval_test_beam2"
+    assert "evaluation folder" in capsys.readouterr().out
+    captions = json.loads((folder / "captions.json").read_text())
+    references = json.loads((folder / "references.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    about = json.loads((folder / "evaluation.json").read_text())
+    assert len(captions) == about["images"] == len(references) > 0
+    assert set(captions[0]) == {"image_id", "caption"} and captions[0]["image_id"] in references
+    assert set(metrics) == set(METRIC_NAMES) if java_available() else set(METRIC_NAMES) - {"METEOR"}
+    assert about["decoding"]["beam_size"] == 2 and about["split"] == "test"
+    if java_available():  # by hand, as a reader of the README would
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            tokenizer = PTBTokenizer()
+            refs = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+            hyps = tokenizer.tokenize({c["image_id"]: [{"caption": c["caption"]}] for c in captions})
+            bleu, _ = Bleu(4).compute_score(refs, hyps)
+            cider, _ = Cider().compute_score(refs, hyps)
+        assert metrics["BLEU-4"] == pytest.approx(100 * bleu[3], abs=1e-9)
+        assert metrics["CIDEr"] == pytest.approx(100 * cider, abs=1e-9)
+
+
+def test_a_second_evaluation_gets_a_new_folder_and_train_mode_test_is_evaluate(trained: Path) -> None:
+    assert main(["train", "--mode", "test", "--model_path", str(trained), "--strategy", "greedy",
+                 "--max_images", "5"]) == 0
+    assert main(["evaluate", "--model_path", str(trained), "--strategy", "greedy", "--max_images", "5"]) == 0
+    assert (trained.parent / "eval_test_greedy").is_dir() and (trained.parent / "eval_test_greedy_2").is_dir()
+    about = json.loads((trained.parent / "eval_test_greedy_2" / "evaluation.json").read_text())
+    assert about["images"] == 5
+
+
+def test_bad_checkpoints_are_one_clear_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--model_path", str(tmp_path / "broken.pt")]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--model_path", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
