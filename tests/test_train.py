@@ -194,3 +194,12 @@ def test_training_on_images_instead_of_the_cache(shapes: Path, tmp_path: Path, o
             Trainer(small(shapes, tmp_path, epochs=3, max_images=30, resume=str(run / "best.pt")), ["captioner"])
     else:
         assert encoder_state is None
+
+
+def test_best_checkpoint_by_a_dev_metric(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=4, best_metric="CIDEr"), ["captioner"]).run()
+    entries = history(run)
+    best = max(entries, key=lambda e: e["CIDEr"])
+    assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
+    flagged = [e["CIDEr"] for e in entries if e["best"]]
+    assert flagged == sorted(flagged) and flagged[-1] == best["CIDEr"]

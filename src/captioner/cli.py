@@ -181,7 +181,9 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     flag(schedule, "--warmup_epochs", type=int, default=1, help="one_cycle: epochs of rising learning rate")
     flag(schedule, "--keep_epochs", type=int, default=5, help="keep_then_decay: epochs at the initial rate")
     run = train.add_argument_group("run")
-    flag(run, "--early_stopping_patience", type=int, help="stop after this many epochs without a better val loss")
+    flag(run, "--early_stopping_patience", type=int, help="stop after this many epochs without a better --best_metric")
+    flag(run, "--best_metric", choices=("val_loss", "BLEU-4", "CIDEr"), default="val_loss",
+         help="dev measure that picks best.pt and drives early stopping (BLEU-4/CIDEr: greedy captions)")
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
     flag(run, "--output_dir", type=Path, default=Path("runs"))
     flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")

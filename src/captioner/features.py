@@ -281,12 +281,9 @@ def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offs
                 rows = torch.tensor([offset + index for index, _ in good])
                 pixels = torch.cat([tensor for _, tensor in good]).to(device, non_blocking=True)
                 views = 2 if settings.flip else 1
-                with torch.inference_mode(), autocast(device):
-                    grid = model(pixels.contiguous(memory_format=torch.channels_last)).float()  # (B*V, C, h, w)
-                pooled = grid.mean((2, 3))  # (B*V, C), in fp32 before rounding to fp16
-                grid = grid.flatten(2).transpose(1, 2)  # (B*V, h*w, C)
-                grid = grid.view(len(good), views, *grid.shape[1:]).half().cpu().numpy()
-                pooled = pooled.view(len(good), views, -1).half().cpu().numpy()
+                grid, pooled = encode_pixels(model, pixels, device)
+                grid = grid.view(len(good), views, *grid.shape[1:]).cpu().numpy()
+                pooled = pooled.view(len(good), views, -1).cpu().numpy()
                 _write_rows(arrays["grid"], rows, grid[:, 0])
                 _write_rows(arrays["pooled"], rows, pooled[:, 0])
                 if settings.flip:
@@ -298,6 +295,15 @@ def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offs
                 last_flush = time.monotonic()
             bar.update(len(items))
     _flush(arrays, partial, state)
+
+
+def encode_pixels(encoder: Encoder, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized images (B, 3, S, S) -> grid (B, h*w, C) and pooled (B, C) features, float16 as cached.
+    Captioning images directly goes through here too, so it sees exactly the features training saw."""
+    with torch.inference_mode(), autocast(device):
+        grid = encoder(pixels.contiguous(memory_format=torch.channels_last)).float()  # (B, C, h, w)
+    pooled = grid.mean((2, 3))  # (B, C), in fp32 before rounding to fp16
+    return grid.flatten(2).transpose(1, 2).half(), pooled.half()
 
 
 def _write_rows(array: np.ndarray, rows: torch.Tensor, values: np.ndarray) -> None:

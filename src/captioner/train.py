@@ -78,6 +78,7 @@ class TrainConfig:
     use_scheduler: bool = False
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     early_stopping_patience: int | None = None
+    best_metric: str = "val_loss"  # what picks best.pt and drives early stopping: val_loss, BLEU-4 or CIDEr
     keep_checkpoints: int = 2
     output_dir: str = "runs"
     amp: bool = True
@@ -103,14 +104,18 @@ class TrainConfig:
 # ---------------------------------------------------------------- metrics used during training
 
 
-def bleu_scores(references: dict[int, list[str]], hypotheses: dict[int, str]) -> dict[str, float]:
-    """BLEU-1..4 (0-1) with the coco-caption scorer on already-cleaned text."""
+def dev_scores(references: dict[int, list[str]], hypotheses: dict[int, str]) -> dict[str, float]:
+    """BLEU-1..4 and CIDEr-D (0-1 and 0-10, as the scorers return them) with the coco-caption scorers on
+    already-cleaned text: quick, Java-free, and ranking epochs the way the final evaluation would."""
     from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the scorer prints its internals
-        scores, _ = Bleu(4).compute_score({k: references[k] for k in hypotheses},
-                                          {k: [v or "<empty>"] for k, v in hypotheses.items()}, verbose=0)
-    return {f"BLEU-{n + 1}": float(score) for n, score in enumerate(scores)}
+    references = {k: references[k] for k in hypotheses}
+    hypotheses = {k: [v or "<empty>"] for k, v in hypotheses.items()}
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their internals
+        bleu, _ = Bleu(4).compute_score(references, hypotheses, verbose=0)
+        cider, _ = Cider().compute_score(references, hypotheses)
+    return {**{f"BLEU-{n + 1}": float(score) for n, score in enumerate(bleu)}, "CIDEr": float(cider)}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -165,7 +170,8 @@ class Trainer:
         # summed, then divided by the words of the whole (global) batch: the same loss on 1 or N processes
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=self.vocab.pad_id, label_smoothing=config.label_smoothing,
                                            reduction="sum")
-        self.start_epoch, self.best_score, self.best_epoch, self.history = 1, math.inf, 0, []
+        self.start_epoch, self.best_epoch, self.history = 1, 0, []
+        self.best_score = math.inf if config.best_metric == "val_loss" else -math.inf
         if self.parent is not None:
             self._restore(self.parent)
         if self.processes.distributed:
@@ -229,7 +235,8 @@ class Trainer:
         if self.schedule is not None and checkpoint.get("scheduler"):
             self.schedule.load_state_dict(checkpoint["scheduler"])
         self.start_epoch = checkpoint["epoch"] + 1
-        self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
+        if checkpoint.get("best_metric", "val_loss") == self.config.best_metric:
+            self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
         self.history = list(checkpoint.get("history", []))
         torch.set_rng_state(checkpoint["rng"]["torch"])
 
@@ -320,9 +327,10 @@ class Trainer:
                 cross_entropy = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), captions[:, 1:].reshape(-1))
             total += float(cross_entropy)
             words += int((captions[:, 1:] != self.vocab.pad_id).sum())
-        return total / max(words, 1), self.dev_bleu()
+        return total / max(words, 1), self.dev_metrics()
 
-    def dev_bleu(self) -> dict[str, float]:
+    def dev_metrics(self) -> dict[str, float]:
+        """Greedy captions of (up to --bleu_images) dev images, scored with BLEU and CIDEr."""
         records = self.dev_records[: self.config.bleu_images]
         hypotheses, references = {}, {}
         for start in range(0, len(records), 250):
@@ -332,7 +340,7 @@ class Trainer:
                 key = start + offset
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
-        return bleu_scores(references, hypotheses)
+        return dev_scores(references, hypotheses)
 
     def _features_of_rows(self, rows: list[int] | np.ndarray) -> torch.Tensor:
         """Features of these images as the decoder reads them, without augmentation or gradients."""
@@ -349,7 +357,7 @@ class Trainer:
                 "vocab": self.vocab.to_dict(), "encoder": self.config.encoder,
                 "encoder_settings": self.store.settings, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict() if self.schedule else None, "epoch": epoch,
-                "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
+                "best_metric": self.config.best_metric, "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
                 "encoder_state": self.live.encoder.state_dict() if self.live and self.live.fine_tune else None,
                 "train_config": _plain(asdict(self.config)), "rng": {"torch": torch.get_rng_state()}}
 
@@ -376,18 +384,19 @@ class Trainer:
         patience_left = c.early_stopping_patience
         for epoch in range(self.start_epoch, c.epochs + 1):
             train_loss, speed = self.train_epoch(epoch)
-            val_loss, bleu = self.validate()
+            val_loss, scores = self.validate()
             lr = self.optimizer.param_groups[0]["lr"]
             if self.schedule is not None:
                 self.schedule.after_epoch(val_loss)
-            improved = val_loss < self.best_score
+            value = val_loss if c.best_metric == "val_loss" else scores[c.best_metric]
+            improved = value < self.best_score if c.best_metric == "val_loss" else value > self.best_score
             if improved:
-                self.best_score, self.best_epoch = val_loss, epoch
-            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **bleu,
+                self.best_score, self.best_epoch = value, epoch
+            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **scores,
                      "captions_per_s": speed, "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
             self.history.append(entry)
             self.log(f"Epoch {epoch}/{c.epochs}: train {train_loss:.3f} | val {val_loss:.3f} | lr {lr:.1e} | "
-                     f"BLEU-4 {bleu['BLEU-4']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
+                     f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
                      + (" | best" if improved else ""))
             if main:
                 self.files.save_epoch(epoch, self.checkpoint(epoch), best=improved, keep=c.keep_checkpoints)
@@ -395,7 +404,7 @@ class Trainer:
             if c.early_stopping_patience is not None:
                 patience_left = c.early_stopping_patience if improved else patience_left - 1
                 if patience_left <= 0:
-                    self.log(f"early stopping: no better val loss for {c.early_stopping_patience} epochs; "
+                    self.log(f"early stopping: no better {c.best_metric} for {c.early_stopping_patience} epochs; "
                              f"best was epoch {self.best_epoch}")
                     break
         if not main:

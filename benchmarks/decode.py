@@ -1,0 +1,84 @@
+"""Captioning speed: greedy and beam 3 from cached features (the decoder alone), and end to end from JPEG
+files (decode, resize, encoder, decoder) next to the encoder's bare forward speed on random tensors.
+
+    python benchmarks/decode.py --model_path runs/RUN/best.pt [--images 500] [--data_dir ../shared/data/flickr8k]
+
+Prints one table. End to end with beam 3 should reach at least 80% of the bare encoder: decoding must not
+be the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.api import Captioner
+from captioner.data.formats import load_dataset
+from captioner.decoding import DecodeSettings, decode
+from captioner.devices import autocast
+from captioner.evaluate import FeatureLookup
+
+
+def bare_encoder(captioner: Captioner, batch_size: int, batches: int) -> float:
+    size, device = captioner.image_size, captioner.model.device
+    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device):
+        captioner.encoder(images)
+        started = time.perf_counter()
+        for _ in range(batches):
+            captioner.encoder(images).float().cpu()
+    return batch_size * batches / (time.perf_counter() - started)
+
+
+def from_features(captioner: Captioner, images: list[Path], settings: DecodeSettings, batch_size: int) -> float:
+    lookup = FeatureLookup(captioner.model, images, None, None, progress=False)
+    rows = [lookup.row(path) for path in images]
+    features = [lookup.features(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    started = time.perf_counter()
+    for chunk in features:
+        decode(captioner.model.decoder, chunk, captioner.model.vocab, settings)
+    return len(images) / (time.perf_counter() - started)
+
+
+def end_to_end(captioner: Captioner, images: list[Path], strategy: str, batch_size: int) -> float:
+    started = time.perf_counter()
+    captioner.caption(images, strategy=strategy, beam_size=3, batch_size=batch_size)
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
+    args = parser.parse_args()
+    if not (args.data_dir / "Images").is_dir():
+        sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
+    captioner = Captioner.load(args.model_path)
+    images = [r.image for r in load_dataset("flickr8k", args.data_dir).split("test")][: args.images]
+    end_to_end(captioner, images[:args.batch_size], "beam", args.batch_size)  # warm-up
+    rows = [
+        ("encoder forward only (random tensors)", bare_encoder(captioner, 16, max(1, args.images // 16))),
+        ("greedy from cached features", from_features(captioner, images, DecodeSettings("greedy"), 100)),
+        ("beam 3 from cached features", from_features(captioner, images, DecodeSettings("beam", 3), 100)),
+        ("greedy end to end from JPEG", end_to_end(captioner, images, "greedy", args.batch_size)),
+        ("beam 3 end to end from JPEG", end_to_end(captioner, images, "beam", args.batch_size)),
+    ]
+    config = captioner.model.decoder.config
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}; {captioner.model.encoder_name} + {config.decoder} decoder "
+          f"(hidden {config.hidden_size}), {len(images)} Flickr8k test images, batch {args.batch_size}")
+    print(f"{'':<40} {'images/s':>9}")
+    for name, speed in rows:
+        print(f"{name:<40} {speed:>9.1f}")
+    print(f"beam 3 end to end / encoder forward: {rows[4][1] / rows[0][1]:.0%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The Python API: load a trained model once, caption many images.
+
+    from captioner import Captioner
+    cap = Captioner.load("runs/<run>/best.pt")
+    results = cap.caption(["a.jpg", pil_image, "photos/"], beam_size=3, num_captions=3)
+    results[0].text, results[0].score, results[0].tokens, results[0].attention   # attention: steps x H x W
+
+Images go through the encoder in batches and straight into the decoder (no cache), with the same
+preprocessing and float16 rounding the training features had, so captions match `captioner evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from captioner.data.records import IMAGE_EXTENSIONS
+from captioner.decoding import DecodeSettings, Decoded, decode
+from captioner.encoders import Encoder, create_encoder
+from captioner.errors import CaptionerError
+from captioner.features import encode_pixels
+from captioner.images import BadImageError, open_rgb
+from captioner.trained import TrainedModel, load_trained
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class Caption:
+    text: str
+    score: float  # summed log-probability of the words and <end> (beam: what beams were ranked by)
+    tokens: list[str]
+    attention: torch.Tensor | None = None  # (steps, H, W) for attention models; one map per word, then <end>
+
+
+@dataclass
+class CaptionResult:
+    """The captions of one image, best first; `text`/`score`/`tokens`/`attention` are the best one's."""
+
+    image: str  # the path, or "<PIL image N>"
+    captions: list[Caption] = field(default_factory=list)
+    error: str | None = None  # why the image could not be captioned (unreadable, not an image, ...)
+    size: tuple[int, int] | None = None  # (width, height) of the image as read, EXIF rotation applied
+
+    @property
+    def text(self) -> str | None:
+        return self.captions[0].text if self.captions else None
+
+    @property
+    def score(self) -> float | None:
+        return self.captions[0].score if self.captions else None
+
+    @property
+    def tokens(self) -> list[str] | None:
+        return self.captions[0].tokens if self.captions else None
+
+    @property
+    def attention(self) -> torch.Tensor | None:
+        return self.captions[0].attention if self.captions else None
+
+
+class Captioner:
+    def __init__(self, model: TrainedModel, encoder: Encoder) -> None:
+        self.model = model
+        self.encoder = encoder.to(model.device).to(memory_format=torch.channels_last).eval()
+        self.image_size = model.image_size
+        h, w, _ = model.encoder_settings["grid"]
+        self.grid = (int(h), int(w))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, encoder_weights: str | Path | None = None) -> Captioner:
+        """A checkpoint (`best.pt`, `model_epoch_N.pt`); `device` defaults to CUDA when present."""
+        model = load_trained(path, device)
+        weights = encoder_weights or model.train_config.get("encoder_weights")
+        encoder = create_encoder(model.encoder_name, Path(weights) if weights else None)
+        if model.encoder_state is not None:
+            encoder.load_state_dict(model.encoder_state)
+        else:
+            expected = model.encoder_settings.get("weights_sha256")
+            if expected and encoder.weights_sha256 != expected:
+                raise CaptionerError(f"the {model.encoder_name} weights differ from the ones {path} was trained on; "
+                                     "pass the same encoder_weights")
+        return cls(model, encoder)
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.model.decoder.uses_grid
+
+    def caption(self, images: ImageInput | Iterable[ImageInput], strategy: str = "beam", beam_size: int = 3,
+                num_captions: int = 1, max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                batch_size: int = 32) -> list[CaptionResult]:
+        """Captions of every image, in order. Folders are expanded to the images in them (sorted); an image
+        that cannot be read gets a result with `error` set instead of stopping the batch."""
+        settings = DecodeSettings(strategy, beam_size, max_length, length_penalty, no_repeat_ngram, temperature,
+                                  top_k, top_p, num_captions, seed)
+        results = []
+        for batch in _batches(expand_inputs(images), batch_size):
+            results.extend(self.caption_batch(batch, settings))
+        return results
+
+    def caption_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings) -> list[CaptionResult]:
+        results, pixels, readable = [], [], []
+        for name, source in batch:
+            result = CaptionResult(name)
+            try:
+                image = open_rgb(source, name=name, draft_size=self.image_size)
+            except BadImageError as error:
+                result.error = str(error)
+            else:
+                result.size = image.size
+                pixels.append(self.model_input(image))
+                readable.append(result)
+            results.append(result)
+        if readable:
+            grid, pooled = encode_pixels(self.encoder, torch.stack(pixels).to(self.model.device), self.model.device)
+            features = grid if self.uses_attention else pooled
+            for result, decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
+                result.captions = [self._caption(d) for d in decoded]
+        return results
+
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        return self.encoder.spec.prepare(image, self.image_size)
+
+    def _caption(self, decoded: Decoded) -> Caption:
+        words = self.model.vocab.decode(decoded.tokens)
+        attention = None
+        if decoded.attention is not None:
+            attention = decoded.attention.float().view(-1, *self.grid)  # (steps, H, W)
+        score = decoded.score if decoded.score is not None else decoded.log_prob
+        return Caption(" ".join(words), float(score), words, attention)
+
+
+def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, ImageInput]]:
+    """(name, source) pairs: paths as given, folders as their image files in sorted order."""
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    for number, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            yield f"<PIL image {number}>", item
+            continue
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.suffix.lower() in IMAGE_EXTENSIONS and child.is_file():
+                    yield str(child), child
+        else:
+            yield str(path), path
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
