@@ -18,3 +18,18 @@ def write_image(path: Path, size: tuple[int, int] = (32, 24), color: tuple[int, 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a small attention model trained on 80 synthetic images (seconds); its shapes data sits at
+    tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model."""
+    from captioner.data.shapes import generate_shapes
+    from captioner.train import Trainer, TrainConfig
+
+    root = tmp_path_factory.mktemp("trained")
+    data = generate_shapes(root / "shapes", num_images=80, seed=5)
+    config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
+                         decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
+                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1)
+    return Trainer(config, ["captioner"]).run() / "best.pt"

@@ -11,23 +11,11 @@ from PIL import Image
 
 from captioner import Captioner
 from captioner.cli import main
-from captioner.data.shapes import generate_shapes
-from captioner.train import Trainer, TrainConfig
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("api")
-    data = generate_shapes(root / "shapes", num_images=60, seed=6)
-    config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
-                         decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
-                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1)
-    return Trainer(config, ["captioner"]).run() / "best.pt"
-
-
-def test_caption_paths_pil_images_and_folders(checkpoint: Path, tmp_path: Path) -> None:
-    cap = Captioner.load(checkpoint)
-    images = sorted((checkpoint.parents[2] / "shapes").rglob("*.png"))[:3]
+def test_caption_paths_pil_images_and_folders(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cap = Captioner.load(tiny_checkpoint)
+    images = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[:3]
     folder = tmp_path / "photos"
     folder.mkdir()
     for image in images[:2]:
@@ -43,19 +31,19 @@ def test_caption_paths_pil_images_and_folders(checkpoint: Path, tmp_path: Path) 
     assert results[0].text == results[2].text  # the same file, directly or through its folder
 
 
-def test_an_unreadable_image_does_not_stop_the_batch(checkpoint: Path, tmp_path: Path) -> None:
+def test_an_unreadable_image_does_not_stop_the_batch(tiny_checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    good = sorted((checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
-    broken, fine = Captioner.load(checkpoint).caption([tmp_path / "broken.jpg", good], strategy="greedy")
+    good = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
+    broken, fine = Captioner.load(tiny_checkpoint).caption([tmp_path / "broken.jpg", good], strategy="greedy")
     assert broken.text is None and "broken.jpg" in broken.error
     assert fine.text and fine.error is None
 
 
-def test_the_api_gives_the_captions_evaluate_gives(checkpoint: Path, tmp_path: Path) -> None:
-    assert main(["evaluate", "--model_path", str(checkpoint), "--strategy", "greedy",
+def test_the_api_gives_the_captions_evaluate_gives(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy",
                  "--output_dir", str(tmp_path / "eval")]) == 0
     evaluated = {c["image_id"]: c["caption"] for c in json.loads((tmp_path / "eval" / "captions.json").read_text())}
-    shapes = checkpoint.parents[2] / "shapes"
+    shapes = tiny_checkpoint.parents[2] / "shapes"
     paths = [next(shapes.rglob(name)) for name in evaluated]
-    results = Captioner.load(checkpoint).caption(paths, strategy="greedy", batch_size=7)
+    results = Captioner.load(tiny_checkpoint).caption(paths, strategy="greedy", batch_size=7)
     assert {Path(r.image).name: r.text for r in results} == evaluated

@@ -1,4 +1,4 @@
-"""captioner evaluate on a small model trained in the test."""
+"""captioner evaluate on the small model trained for the tests."""
 
 from __future__ import annotations
 
@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main
-from captioner.data.shapes import generate_shapes
 from captioner.metrics import METRIC_NAMES, java_available
-from captioner.train import Trainer, TrainConfig
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("evaluate")
-    data = generate_shapes(root / "shapes", num_images=80, seed=5)
-    config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
-                         decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
-                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1)
-    return Trainer(config, ["captioner"]).run() / "best.pt"
-
-
-def test_evaluate_writes_the_folder_and_the_scores_can_be_recomputed(trained: Path, capsys) -> None:
-    assert main(["evaluate", "--model_path", str(trained), "--beam_size", "2"]) == 0
-    folder = trained.parent / "eval_test_beam2"
+def test_evaluate_writes_the_folder_and_the_scores_can_be_recomputed(tiny_checkpoint: Path, capsys) -> None:
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--beam_size", "2"]) == 0
+    folder = tiny_checkpoint.parent / "eval_test_beam2"
     assert "evaluation folder" in capsys.readouterr().out
     captions = json.loads((folder / "captions.json").read_text())
     references = json.loads((folder / "references.json").read_text())
@@ -52,12 +40,12 @@ def test_evaluate_writes_the_folder_and_the_scores_can_be_recomputed(trained: Pa
         assert metrics["CIDEr"] == pytest.approx(100 * cider, abs=1e-9)
 
 
-def test_a_second_evaluation_gets_a_new_folder_and_train_mode_test_is_evaluate(trained: Path) -> None:
-    assert main(["train", "--mode", "test", "--model_path", str(trained), "--strategy", "greedy",
+def test_a_second_evaluation_gets_a_new_folder_and_train_mode_test_is_evaluate(tiny_checkpoint: Path) -> None:
+    assert main(["train", "--mode", "test", "--model_path", str(tiny_checkpoint), "--strategy", "greedy",
                  "--max_images", "5"]) == 0
-    assert main(["evaluate", "--model_path", str(trained), "--strategy", "greedy", "--max_images", "5"]) == 0
-    assert (trained.parent / "eval_test_greedy").is_dir() and (trained.parent / "eval_test_greedy_2").is_dir()
-    about = json.loads((trained.parent / "eval_test_greedy_2" / "evaluation.json").read_text())
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "5"]) == 0
+    assert (tiny_checkpoint.parent / "eval_test_greedy").is_dir() and (tiny_checkpoint.parent / "eval_test_greedy_2").is_dir()
+    about = json.loads((tiny_checkpoint.parent / "eval_test_greedy_2" / "evaluation.json").read_text())
     assert about["images"] == 5
 
 

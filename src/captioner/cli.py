@@ -283,6 +283,130 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- caption
+
+
+def add_caption_command(subcommands: argparse._SubParsersAction) -> None:
+    caption = subcommands.add_parser("caption", help="caption images, folders or globs with a trained model")
+    caption.add_argument("images", nargs="*", help="image files, folders (all images inside) or quoted globs")
+    flag(caption, "--model_path", type=Path, required=True, help="checkpoint, e.g. runs/RUN/best.pt")
+    flag(caption, "--format", choices=("text", "json", "csv"), default="text", help="default: text")
+    flag(caption, "--output", type=Path, help="write the captions to this file instead of the screen")
+    flag(caption, "--html", type=Path, help="also write a page showing every image with its caption as alt text")
+    flag(caption, "--alt-text-into", dest="alt_text_into", type=Path,
+         help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
+    flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
+    flag(caption, "--batch_size", type=int, default=32, help="images per batch")
+    add_decoding_args(caption)
+    caption.set_defaults(run=run_caption)
+
+
+def expand_image_arguments(arguments: list[str]) -> list[str]:
+    """Quoted globs are expanded here (the shell expands unquoted ones); a glob matching nothing stays as
+    written, so it is reported as a missing file rather than vanishing."""
+    import glob
+
+    expanded = []
+    for argument in arguments:
+        matches = sorted(glob.glob(argument, recursive=True)) if glob.has_magic(argument) else []
+        expanded += matches or [argument]
+    return expanded
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from captioner.api import Captioner, expand_inputs
+
+    settings = decode_settings(args)
+    captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
+    if args.alt_text_into is not None:
+        return _fill_alt_text(args, captioner, settings)
+    if not args.images:
+        raise CaptionerError("name the images to caption (files, folders or globs), or pass --alt-text-into PAGE")
+    items = list(expand_inputs(expand_image_arguments(args.images)))
+    results = []
+    with tqdm(total=len(items), unit="img", desc="captioning", disable=None if len(items) > 1 else True) as bar:
+        for start in range(0, len(items), args.batch_size):
+            batch = captioner.caption_batch(items[start:start + args.batch_size], settings)
+            results.extend(batch)
+            bar.update(len(batch))
+    text = format_results(results, args.format)
+    if args.output:
+        from captioner.io import atomic_write_text
+
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if args.html:
+        from captioner.alttext import gallery_page
+        from captioner.io import atomic_write_text
+
+        captioned = [(Path(r.image), r.text) for r in results if not r.image.startswith("<")]
+        atomic_write_text(args.html, gallery_page(captioned, args.html))
+        print(f"page with alt text: {args.html}", file=sys.stderr)
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} images could not be captioned:", file=sys.stderr)
+        for result in failed:
+            print(f"  {result.error}", file=sys.stderr)
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+def format_results(results: list, style: str) -> str:
+    if style == "json":
+        rows = [{"image": r.image, "captions": [{"text": c.text, "score": c.score} for c in r.captions],
+                 **({"error": r.error} if r.error else {})} for r in results]
+        return json.dumps(rows, indent=2) + "\n"
+    if style == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "rank", "caption", "score", "error"])
+        for r in results:
+            for rank, c in enumerate(r.captions, 1):
+                writer.writerow([r.image, rank, c.text, f"{c.score:.4f}", ""])
+            if r.error:
+                writer.writerow([r.image, "", "", "", r.error])
+        return buffer.getvalue()
+    lines = []
+    for r in results:
+        if r.error:
+            continue  # listed at the end, on stderr
+        lines.append(f"{r.image}\t{r.text}")
+        lines += [f"\t{c.text}\t({c.score:.2f})" for c in r.captions[1:]]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _fill_alt_text(args: argparse.Namespace, captioner, settings) -> int:
+    from captioner.alttext import fill_missing_alt
+    from captioner.io import atomic_write_text
+
+    page = args.alt_text_into
+    if not page.is_file():
+        raise CaptionerError(f"--alt-text-into {page}: no such page")
+
+    def caption_images(paths: list[Path]) -> list[str | None]:
+        results = []
+        for start in range(0, len(paths), args.batch_size):
+            batch = [(str(p), p) for p in paths[start:start + args.batch_size]]
+            results += [r.text for r in captioner.caption_batch(batch, settings)]
+        return results
+
+    new_page, notes = fill_missing_alt(page, caption_images)
+    target = args.output or page.with_name(f"{page.stem}.alt{page.suffix}")
+    if target.resolve() == page.resolve():
+        raise CaptionerError("--alt-text-into writes a new page; pass an --output other than the page itself")
+    atomic_write_text(target, new_page)
+    print(f"page with alt text: {target}")
+    for note in notes:
+        print(f"  left without alt text: {note}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -296,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_command(subcommands)
     add_train_command(subcommands)
     add_evaluate_command(subcommands)
+    add_caption_command(subcommands)
     return parser
 
 

@@ -1,0 +1,56 @@
+"""`captioner caption` on the small model trained for the tests."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from captioner.cli import main
+
+
+def shapes_images(checkpoint: Path, count: int) -> list[Path]:
+    return sorted((checkpoint.parents[2] / "shapes").rglob("*.png"))[:count]
+
+
+def test_formats_globs_and_unreadable_files(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in shapes_images(tiny_checkpoint, 3):
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    code = main(["caption", str(folder / "*.png"), "--model_path", str(tiny_checkpoint), "--format", "json",
+                 "--num_captions", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 4 and sum("error" in row for row in rows) == 1
+    assert all(len(row["captions"]) == 2 for row in rows if "error" not in row)
+    assert "1 of 4 images could not be captioned" in err and "broken.png" in err
+    assert main(["caption", str(folder), "--model_path", str(tiny_checkpoint), "--format", "csv",
+                 "--strategy", "greedy", "--output", str(tmp_path / "captions.csv")]) == 0
+    table = list(csv.DictReader(io.StringIO((tmp_path / "captions.csv").read_text())))
+    assert [row["rank"] for row in table].count("1") == 3
+    capsys.readouterr()
+    assert main(["caption", *map(str, shapes_images(tiny_checkpoint, 2)), "--model_path", str(tiny_checkpoint),
+                 "--html", str(tmp_path / "page.html")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("\t" in line for line in lines)
+    assert (tmp_path / "page.html").read_text().count("<img ") == 2
+
+
+def test_alt_text_into_writes_a_new_page(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    image = shapes_images(tiny_checkpoint, 1)[0]
+    (tmp_path / "pic.png").write_bytes(image.read_bytes())
+    page = tmp_path / "index.html"
+    page.write_text('<html><body><img src="pic.png"><img src="http://x/y.jpg"></body></html>')
+    assert main(["caption", "--model_path", str(tiny_checkpoint), "--alt-text-into", str(page)]) == 0
+    new_page = (tmp_path / "index.alt.html").read_text()
+    assert '<img src="pic.png" alt="' in new_page and "y.jpg" in capsys.readouterr().err
+    assert page.read_text().count("alt=") == 0
+
+
+def test_every_image_unreadable_is_a_failure(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert main(["caption", str(tmp_path / "nothing.jpg"), "--model_path", str(tiny_checkpoint)]) == 1
+    assert "no such file" in capsys.readouterr().err
