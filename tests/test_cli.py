@@ -30,3 +30,14 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("captioner: error:") and "missing" in result.stderr
+
+
+def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> None:
+    from captioner import cli
+    from captioner.presets import PRESETS
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_train", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["train", "--preset", "flickr8k_best", "--epochs", "3"]) == 0
+    assert seen["epochs"] == 3 and seen["encoder"] == PRESETS["flickr8k_best"]["encoder"]
+    assert seen["augment_flip"] is True and seen["preset"] == "flickr8k_best"

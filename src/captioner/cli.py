@@ -139,7 +139,7 @@ def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- train
 
 
-def add_train_command(subcommands: argparse._SubParsersAction) -> None:
+def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from captioner.decoders import DECODER_TYPES
     from captioner.schedulers import SCHEDULER_TYPES
 
@@ -191,7 +191,12 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
     flag(run, "--mode", choices=("train", "test"), default="train",
          help="test: evaluate --model_path instead (same as `captioner evaluate`)")
+    from captioner.presets import PRESETS
+
+    flag(run, "--preset", choices=sorted(PRESETS),
+         help="a named recipe (see the README's results table); options given explicitly override it")
     train.set_defaults(run=run_train)
+    return train
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -418,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(subcommands)
     add_extract_command(subcommands)
-    add_train_command(subcommands)
+    parser.subcommand_parsers = {"train": add_train_command(subcommands)}
     add_evaluate_command(subcommands)
     add_caption_command(subcommands)
     return parser
@@ -451,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"captioner: --mode test evaluates; ignoring training options {' '.join(ignored)}", file=sys.stderr)
     else:
         args = parser.parse_args(argv)
+        if getattr(args, "preset", None):  # the preset's values become defaults; explicit flags still win
+            from captioner.presets import PRESETS
+
+            parser.subcommand_parsers["train"].set_defaults(**PRESETS[args.preset])
+            args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except CaptionerError as error:

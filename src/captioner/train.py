@@ -85,6 +85,7 @@ class TrainConfig:
     bleu_images: int = 1000  # dev images decoded greedily each epoch for BLEU
     show_samples: int = 0  # at the end, caption this many held-out test images next to their references
     resume: str | None = None
+    preset: str | None = None  # the named recipe the settings came from, if any
 
     @classmethod
     def from_namespace(cls, args: object) -> TrainConfig:
