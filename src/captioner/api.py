@@ -117,11 +117,18 @@ class Captioner:
                 readable.append(result)
             results.append(result)
         if readable:
-            grid, pooled = encode_pixels(self.encoder, torch.stack(pixels).to(self.model.device), self.model.device)
-            features = grid if self.uses_attention else pooled
+            features = self._features(pixels)
             for result, decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
                 result.captions = [self._caption(d) for d in decoded]
         return results
+
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        """What the decoder reads for these (RGB) images: (B, L, C) grids for attention, (B, C) otherwise."""
+        return self._features([self.model_input(image) for image in images])
+
+    def _features(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        grid, pooled = encode_pixels(self.encoder, torch.stack(pixels).to(self.model.device), self.model.device)
+        return grid if self.uses_attention else pooled
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
         return self.encoder.spec.prepare(image, self.image_size)

@@ -412,6 +412,47 @@ def _fill_alt_text(args: argparse.Namespace, captioner, settings) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- visualize
+
+
+def add_visualize_command(subcommands: argparse._SubParsersAction) -> None:
+    visualize = subcommands.add_parser("visualize", help="draw where an attention model looks for each word")
+    visualize.add_argument("image", type=Path)
+    flag(visualize, "--model_path", type=Path, required=True, help="checkpoint of an attention model")
+    flag(visualize, "--output", type=Path, help="PNG to write (default: IMAGE_attention.png in this folder)")
+    flag(visualize, "--advanced", action="store_true",
+         help="add word probabilities, attention entropy per step and the regions attended most")
+    flag(visualize, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    flag(visualize, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
+    add_decoding_args(visualize)
+    visualize.set_defaults(run=run_visualize)
+
+
+def run_visualize(args: argparse.Namespace) -> int:
+    from captioner.api import Captioner
+    from captioner.images import BadImageError, open_rgb
+    from captioner.visualize import save_picture, trace_caption
+
+    settings = decode_settings(args)
+    captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
+    if not captioner.uses_attention:
+        raise CaptionerError(f"{args.model_path} has a {captioner.model.decoder.config.decoder} decoder, which has "
+                             "no attention to show; visualize needs a model trained with --decoder attention")
+    try:
+        image = open_rgb(args.image)
+    except BadImageError as error:
+        raise CaptionerError(str(error)) from error
+    (result,) = captioner.caption_batch([(str(args.image), image)], settings)
+    features = captioner.features([image])[0]
+    vocab = captioner.model.vocab
+    tokens = [vocab.stoi.get(word, vocab.unk_id) for word in result.tokens]
+    trace = trace_caption(captioner.model.decoder, features, vocab, tokens, captioner.grid)
+    output = args.output or Path(f"{args.image.stem}_attention.png")
+    save_picture(output, image, trace, advanced=args.advanced)
+    print(f"{result.text}\nattention picture: {output}")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -426,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.subcommand_parsers = {"train": add_train_command(subcommands)}
     add_evaluate_command(subcommands)
     add_caption_command(subcommands)
+    add_visualize_command(subcommands)
     return parser
 
 
