@@ -203,3 +203,13 @@ def test_best_checkpoint_by_a_dev_metric(shapes: Path, tmp_path: Path) -> None:
     assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
     flagged = [e["CIDEr"] for e in entries if e["best"]]
     assert flagged == sorted(flagged) and flagged[-1] == best["CIDEr"]
+
+
+def test_attention_pictures_during_training(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=1, save_attention_viz=True, attention_viz_samples=2,
+                        advanced_attention_viz=True), ["captioner"]).run()
+    names = {p.name for p in run.iterdir()}
+    assert {"attention_viz_sample_1.png", "attention_viz_sample_2.png", "advanced_attention_viz_sample_1.png",
+            "advanced_attention_viz_sample_2.png"} <= names
+    with pytest.raises(CaptionerError, match="needs --decoder attention"):
+        Trainer(small(shapes, tmp_path, decoder="gru", save_attention_viz=True), ["captioner"])

@@ -187,6 +187,11 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
     flag(run, "--output_dir", type=Path, default=Path("runs"))
     flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")
+    flag(run, "--save_attention_viz", action="store_true",
+         help="attention: write attention_viz_sample_K.png for fixed dev images at each new best and at the end")
+    flag(run, "--attention_viz_samples", type=int, default=3, help="how many dev images to draw (default 3)")
+    flag(run, "--advanced_attention_viz", action="store_true",
+         help="also write advanced_attention_viz_sample_K.png (probabilities, entropy, overall focus)")
     flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
     flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
     flag(run, "--mode", choices=("train", "test"), default="train",

@@ -84,6 +84,9 @@ class TrainConfig:
     amp: bool = True
     bleu_images: int = 1000  # dev images decoded greedily each epoch for BLEU
     show_samples: int = 0  # at the end, caption this many held-out test images next to their references
+    save_attention_viz: bool = False  # attention pictures of fixed dev images, at each new best and at the end
+    attention_viz_samples: int = 3
+    advanced_attention_viz: bool = False
     resume: str | None = None
     preset: str | None = None  # the named recipe the settings came from, if any
 
@@ -149,6 +152,9 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.dev_set) == 0:
             raise CaptionerError(f"{config.dataset_type}: the train and dev splits need usable captions "
                                  f"(train {len(self.train_set)}, dev {len(self.dev_set)})")
+        if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
+            raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
+                                 "attention to draw")
         h, w, channels = self.store.grid_shape
         self.model_config = DecoderConfig(config.decoder, len(self.vocab), channels, config.embed_size,
                                           config.hidden_size, config.attention_dim, config.num_layers,
@@ -402,6 +408,8 @@ class Trainer:
             if main:
                 self.files.save_epoch(epoch, self.checkpoint(epoch), best=improved, keep=c.keep_checkpoints)
                 self.files.write_history(self.history)
+                if improved:
+                    self.save_attention_pictures()
             if c.early_stopping_patience is not None:
                 patience_left = c.early_stopping_patience if improved else patience_left - 1
                 if patience_left <= 0:
@@ -414,9 +422,35 @@ class Trainer:
         if best.exists():
             self.decoder.load_state_dict(load_checkpoint(best)["model"])
         self.files.finish(self.history, self.best_epoch)
+        self.save_attention_pictures()
         if c.show_samples:
             self.show_samples(c.show_samples)
         return self.files.folder
+
+    @torch.no_grad()
+    def save_attention_pictures(self) -> None:
+        """attention_viz_sample_K.png (and advanced_...) for the first dev images, with the current weights."""
+        c = self.config
+        if not (c.save_attention_viz or c.advanced_attention_viz):
+            return
+        from captioner.images import BadImageError, open_rgb
+        from captioner.visualize import save_picture, trace_caption
+
+        self.decoder.eval()
+        h, w, _ = self.store.grid_shape
+        for number, record in enumerate(self.dev_records[: c.attention_viz_samples], 1):
+            features = self._features_of_rows([self.store.row(record.image)])
+            (decoded,) = greedy(self.decoder, features, self.vocab, c.max_length)
+            trace = trace_caption(self.decoder, features[0], self.vocab, decoded.tokens, (h, w))
+            try:
+                image = open_rgb(record.image)
+            except BadImageError as error:
+                self.log(f"attention picture of {record.image_id} skipped: {error}")
+                continue
+            if c.save_attention_viz:
+                save_picture(self.files.folder / f"attention_viz_sample_{number}.png", image, trace)
+            if c.advanced_attention_viz:
+                save_picture(self.files.folder / f"advanced_attention_viz_sample_{number}.png", image, trace, True)
 
     def log(self, line: str) -> None:
         if self.files is not None:
