@@ -73,7 +73,12 @@ class Captioner:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, encoder_weights: str | Path | None = None) -> Captioner:
-        """A checkpoint (`best.pt`, `model_epoch_N.pt`); `device` defaults to CUDA when present."""
+        """A checkpoint (`best.pt`, `model_epoch_N.pt`) or a folder written by `captioner export`; `device`
+        defaults to CUDA when present."""
+        from captioner.export import is_bundle, load_bundle
+
+        if is_bundle(Path(path)):
+            return cls(*load_bundle(Path(path), device))
         model = load_trained(path, device)
         weights = encoder_weights or model.train_config.get("encoder_weights")
         encoder = create_encoder(model.encoder_name, Path(weights) if weights else None)

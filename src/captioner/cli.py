@@ -458,6 +458,34 @@ def run_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export
+
+
+def add_export_command(subcommands: argparse._SubParsersAction) -> None:
+    export = subcommands.add_parser("export", help="write a bundle (safetensors + JSON) that loads without pickles")
+    flag(export, "--model_path", type=Path, required=True, help="checkpoint to export")
+    flag(export, "--output", type=Path, required=True, help="bundle folder to write")
+    flag(export, "--onnx", action="store_true", help="also write encoder.onnx and decoder_step.onnx")
+    flag(export, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
+    export.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from captioner.api import Captioner
+    from captioner.export import export_bundle
+
+    captioner = Captioner.load(args.model_path, "cpu", args.encoder_weights)
+    if args.output.exists() and any(args.output.iterdir()):
+        raise CaptionerError(f"--output {args.output} is not empty; choose a new folder")
+    export_bundle(captioner.model, captioner.encoder, args.output)
+    if args.onnx:
+        from captioner.onnx_export import export_onnx
+
+        export_onnx(captioner, args.output)
+    print(f"bundle: {args.output} ({', '.join(sorted(p.name for p in args.output.iterdir()))})")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -473,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(subcommands)
     add_caption_command(subcommands)
     add_visualize_command(subcommands)
+    add_export_command(subcommands)
     return parser
 
 

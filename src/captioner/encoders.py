@@ -271,6 +271,13 @@ def create_encoder(name: str, weights: Path | str | None = None) -> Encoder:
     return encoder.eval().requires_grad_(False)
 
 
+def build_architecture(name: str, weights_sha256: str) -> Encoder:
+    """Encoder `name` without loading any weights file: for bundles, which carry the weights themselves."""
+    spec = get_spec(name)
+    trunk, classifier = spec.build(None)
+    return Encoder(spec, trunk, classifier, weights_sha256).eval().requires_grad_(False)
+
+
 @lru_cache(maxsize=16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()

@@ -1,0 +1,60 @@
+"""Bundles and ONNX files from the small model trained for the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captioner import Captioner
+from captioner.cli import main
+
+
+def images(checkpoint: Path, count: int = 12) -> list[Path]:
+    return sorted((checkpoint.parents[2] / "shapes").rglob("*.png"))[:count]
+
+
+def test_the_bundle_gives_the_checkpoint_captions_exactly(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 0
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["encoder"]["name"] == "tiny_random" and config["decoder"]["decoder"] == "attention"
+    original = Captioner.load(tiny_checkpoint).caption(images(tiny_checkpoint), num_captions=3)
+    exported = Captioner.load(bundle).caption(images(tiny_checkpoint), num_captions=3)
+    assert [[c.text for c in r.captions] for r in exported] == [[c.text for c in r.captions] for r in original]
+    assert [r.score for r in exported] == [r.score for r in original]
+    assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 2  # never overwrites
+
+
+def test_onnx_files_match_pytorch(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle), "--onnx"]) == 0
+    cap = Captioner.load(bundle, device="cpu")
+    record = json.loads((bundle / "config.json").read_text())["onnx"]
+    pixels = torch.randn(3, 3, cap.image_size, cap.image_size)
+    encoder = onnxruntime.InferenceSession(str(bundle / "encoder.onnx"))
+    (grid,) = encoder.run(None, {"pixels": pixels.numpy()})
+    with torch.no_grad():
+        expected = cap.encoder.trunk(pixels).flatten(2).transpose(1, 2)
+    np.testing.assert_allclose(grid, expected.numpy(), rtol=1e-4, atol=1e-4)
+    start = onnxruntime.InferenceSession(str(bundle / "decoder_start.onnx"))
+    step = onnxruntime.InferenceSession(str(bundle / "decoder_step.onnx"))
+    names = record["decoder_step"]["inputs"][1:]
+    state = dict(zip(names, start.run(None, {"features": grid})))
+    decoder = cap.model.decoder
+    with torch.no_grad():
+        torch_state = decoder.start(torch.from_numpy(grid))
+        tokens = torch.full((3,), cap.model.vocab.start_id)
+        for _ in range(3):
+            outputs = step.run(None, {"tokens": tokens.numpy(), **state})
+            logits, torch_state, alpha = decoder.step(tokens, torch_state)
+            np.testing.assert_allclose(outputs[0], logits.numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(outputs[-1], alpha.numpy(), rtol=1e-4, atol=1e-5)
+            state = dict(zip(names, outputs[1:1 + len(names)]))  # next.* become state.*
+            tokens = logits.argmax(1)
