@@ -1,7 +1,8 @@
 """`captioner evaluate`: caption a split with a trained model and score it as papers do.
 
 Writes an evaluation folder: captions.json (COCO results format), references.json, metrics.json (x100),
-per_image.json (BLEU-4, CIDEr, WER of each image, for reviewing) and evaluation.json (what was run).
+per_image.json (BLEU-4, CIDEr, WER of each image, for reviewing), images.json (image id -> file) and
+evaluation.json (what was run).
 Re-scoring captions.json against references.json with pycocoevalcap gives the numbers in metrics.json.
 """
 
@@ -57,8 +58,9 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
     scores = score_captions(references, captions, use_java=use_java)
     seconds = time.perf_counter() - started
     folder = output_dir or default_output_dir(model.source, split, settings)
+    images = {r.image_id: str(r.image.resolve()) for r in usable}
     write_evaluation(folder, model, split, settings, captions, references, scores, seconds,
-                     skipped=len(records) - len(usable), dataset_type=dataset_type)
+                     skipped=len(records) - len(usable), dataset_type=dataset_type, images=images)
     return EvaluationResult(folder, scores, captions, seconds)
 
 
@@ -141,13 +143,14 @@ def default_output_dir(checkpoint: Path, split: str, settings: DecodeSettings) -
 
 def write_evaluation(folder: Path, model: TrainedModel, split: str, settings: DecodeSettings,
                      captions: dict[str, str], references: dict[str, list[str]], scores: Scores, seconds: float,
-                     skipped: int, dataset_type: str) -> None:
+                     skipped: int, dataset_type: str, images: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in captions.items()]
     atomic_write_text(folder / "captions.json", json.dumps(results, indent=1))
     atomic_write_text(folder / "references.json", json.dumps(references, indent=1))
     atomic_write_text(folder / "metrics.json", json.dumps(scores.overall, indent=2))
     atomic_write_text(folder / "per_image.json", json.dumps(scores.per_image, indent=1))
+    atomic_write_text(folder / "images.json", json.dumps(images, indent=1))  # where each image is, for reviewing
     about = {"checkpoint": str(model.source.resolve()), "split": split, "images": len(captions),
              "images_skipped": skipped, "decoding": asdict(settings), "tokenizer": scores.tokenizer,
              "comparable_with_papers": scores.comparable, "seconds": round(seconds, 1),

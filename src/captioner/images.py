@@ -21,7 +21,13 @@ MAX_SIDE = 30_000
 
 
 class BadImageError(CaptionerError):
-    """An image file that cannot be used; the message names it and says why."""
+    """An image file that cannot be used; the message names it and says why. `kind` is one of "missing",
+    "not_image" (not an image format PIL reads), "too_large" (absurd dimensions, a possible decompression
+    bomb) or "undecodable" (truncated or damaged), for callers that answer differently (the web server)."""
+
+    def __init__(self, message: str, kind: str = "undecodable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
@@ -50,13 +56,13 @@ def open_rgb(source: ImageSource, name: str | None = None, draft_size: int | Non
     except BadImageError:
         raise
     except FileNotFoundError as error:
-        raise BadImageError(f"{label}: no such file") from error
+        raise BadImageError(f"{label}: no such file", "missing") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImageError(f"{label}: dimensions too large to be a photo ({error})") from error
+        raise BadImageError(f"{label}: dimensions too large to be a photo ({error})", "too_large") from error
     except UnidentifiedImageError as error:
         size = Path(source).stat().st_size if isinstance(source, (str, Path)) and Path(source).exists() else None
         what = "an empty file" if size == 0 else "not an image PIL can read"
-        raise BadImageError(f"{label}: {what}") from error
+        raise BadImageError(f"{label}: {what}", "not_image") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(f"{label}: cannot be decoded ({error})") from error
 
@@ -65,7 +71,7 @@ def check_dimensions(size: tuple[int, int], label: str) -> None:
     width, height = size
     if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise BadImageError(f"{label}: absurd dimensions {width}x{height} (limit {MAX_PIXELS:,} pixels); "
-                            "refusing it as a possible decompression bomb")
+                            "refusing it as a possible decompression bomb", "too_large")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

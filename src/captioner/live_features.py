@@ -58,7 +58,7 @@ class LiveFeatures:
         try:
             image = open_rgb(path, draft_size=self.image_size)
         except BadImageError as error:
-            raise BadImageError(f"{path}: {error}") from error
+            raise BadImageError(f"{path}: {error}", error.kind) from error
         if train and self.augmentation is not None:
             return self.augmentation(image)
         return self.encoder.spec.prepare(image, self.image_size)

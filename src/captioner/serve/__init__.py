@@ -1,0 +1,1 @@
+"""The web app of `captioner serve`: caption page, review page, JSON API."""

@@ -1,0 +1,209 @@
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, captions: [], current: 0, grid: null, busy: false };
+
+async function loadModelInfo() {
+  try {
+    const response = await fetch("/api/model");
+    const info = await response.json();
+    $("model-info").textContent =
+      `${info.decoder}${info.attention ? " + attention" : ""} · ${info.encoder}` +
+      (info.trained_on ? ` · trained on ${info.trained_on}` : "");
+    if (!info.review) $("review-link").title = "Start the server with --eval_dir to review an evaluation";
+  } catch {
+    $("model-info").textContent = "model information unavailable";
+  }
+}
+
+function settings() {
+  const form = new FormData($("settings"));
+  const strategy = form.get("strategy");
+  const options = new FormData();
+  options.append("strategy", strategy);
+  if (strategy === "beam") {
+    options.append("beam_size", form.get("beam_size"));
+    options.append("num_captions", Math.min(Number(form.get("beam_size")) || 1, 5));
+  } else if (strategy === "sample") {
+    options.append("temperature", form.get("temperature"));
+    options.append("num_captions", 3);
+  }
+  return options;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function showPhoto(file) {
+  const photo = $("photo");
+  if (photo.dataset.url) URL.revokeObjectURL(photo.dataset.url);
+  photo.dataset.url = URL.createObjectURL(file);
+  photo.src = photo.dataset.url;
+  photo.alt = "The photo being captioned";
+  $("stage").classList.add("shown");
+  $("dropzone").hidden = true;
+  clearOverlay();
+}
+
+async function caption(file) {
+  if (!file || state.busy) return;
+  state.file = file;
+  state.busy = true;
+  $("again").disabled = true;
+  showPhoto(file);
+  setStatus("Captioning…");
+  const body = settings();
+  body.append("file", file, file.name || "pasted-image.png");
+  try {
+    const response = await fetch("/api/caption", { method: "POST", body });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `the server answered ${response.status}`);
+    state.captions = answer.captions;
+    state.grid = answer.grid;
+    state.current = 0;
+    render();
+    setStatus(`Captioned in ${answer.seconds.toFixed(2)} s` +
+      (answer.settings.strategy === "beam" ? ` with beam search (beam ${answer.settings.beam_size})` :
+        answer.settings.strategy === "sample" ? ` by sampling (temperature ${answer.settings.temperature})` :
+          " greedily"));
+  } catch (error) {
+    state.captions = [];
+    render();
+    setStatus(`Could not caption this file: ${error.message}`, true);
+  } finally {
+    state.busy = false;
+    $("again").disabled = false;
+  }
+}
+
+function render() {
+  const result = $("result");
+  result.replaceChildren();
+  const best = state.captions[state.current];
+  if (!best) {
+    const empty = document.createElement("p");
+    empty.className = "placeholder";
+    empty.textContent = "No caption yet.";
+    result.append(empty);
+    $("alternatives-panel").hidden = true;
+    return;
+  }
+  $("photo").alt = best.text;
+  const sentence = document.createElement("p");
+  sentence.className = "caption";
+  sentence.id = "caption-text";
+  const hasAttention = Array.isArray(best.attention);
+  best.tokens.forEach((word, index) => {
+    const token = document.createElement(hasAttention ? "button" : "span");
+    token.className = "word";
+    token.textContent = word;
+    if (hasAttention) {
+      token.type = "button";
+      token.setAttribute("aria-label", `${word}: show where the model looked`);
+      const show = () => { markActive(token); drawAttention(best.attention[index]); };
+      token.addEventListener("mouseenter", show);
+      token.addEventListener("focus", show);
+      token.addEventListener("mouseleave", () => { markActive(null); clearOverlay(); });
+      token.addEventListener("blur", () => { markActive(null); clearOverlay(); });
+    }
+    sentence.append(token, document.createTextNode(" "));
+  });
+  result.append(sentence);
+  const hint = document.createElement("p");
+  hint.className = "hint";
+  hint.textContent = hasAttention
+    ? "Point at a word, or Tab to it, to light up the regions the model attended to."
+    : "This model has no attention (show-and-tell decoder), so there is no heatmap to show.";
+  result.append(hint);
+  renderAlternatives();
+}
+
+function renderAlternatives() {
+  const list = $("alternatives");
+  list.replaceChildren();
+  $("alternatives-panel").hidden = state.captions.length < 2;
+  state.captions.forEach((candidate, index) => {
+    const item = document.createElement("li");
+    item.classList.toggle("current", index === state.current);
+    const choose = document.createElement("button");
+    choose.type = "button";
+    choose.textContent = candidate.text;
+    choose.setAttribute("aria-label", `Show candidate ${index + 1}: ${candidate.text}`);
+    choose.addEventListener("click", () => { state.current = index; render(); });
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = candidate.score.toFixed(2);
+    item.append(choose, score);
+    list.append(item);
+  });
+}
+
+function markActive(token) {
+  document.querySelectorAll(".caption .word.active").forEach((w) => w.classList.remove("active"));
+  if (token) token.classList.add("active");
+}
+
+function clearOverlay() {
+  const canvas = $("overlay");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+}
+
+// Spotlight: the photo stays bright where the model looked and is dimmed elsewhere.
+function drawAttention(map) {
+  const photo = $("photo");
+  const canvas = $("overlay");
+  canvas.width = photo.clientWidth;
+  canvas.height = photo.clientHeight;
+  const rows = map.length, columns = map[0].length;
+  const peak = Math.max(...map.flat()) || 1;
+  const small = document.createElement("canvas");
+  small.width = columns;
+  small.height = rows;
+  const pixels = small.getContext("2d").createImageData(columns, rows);
+  map.forEach((row, y) => row.forEach((value, x) => {
+    const offset = 4 * (y * columns + x);
+    pixels.data[offset] = 10; pixels.data[offset + 1] = 14; pixels.data[offset + 2] = 30;
+    pixels.data[offset + 3] = Math.round(220 * (1 - value / peak));
+  }));
+  small.getContext("2d").putImageData(pixels, 0, 0);
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.imageSmoothingEnabled = true;
+  context.imageSmoothingQuality = "high";
+  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+  canvas.dataset.drawn = "true";
+}
+
+function pickFile(files) {
+  const file = [...files].find((f) => f.type.startsWith("image/") || f.type === "");
+  if (file) caption(file);
+  else if (files.length) setStatus("That is not an image file.", true);
+}
+
+$("file").addEventListener("change", (event) => pickFile(event.target.files));
+for (const target of [$("dropzone"), $("stage")]) {  // a new photo can be dropped on the old one too
+  ["dragenter", "dragover"].forEach((name) => target.addEventListener(name, (event) => {
+    event.preventDefault();
+    target.classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((name) => target.addEventListener(name, () => target.classList.remove("dragging")));
+  target.addEventListener("drop", (event) => { event.preventDefault(); pickFile(event.dataTransfer.files); });
+}
+document.addEventListener("paste", (event) => {
+  const files = [...event.clipboardData.items].filter((i) => i.kind === "file").map((i) => i.getAsFile());
+  if (files.length) pickFile(files);
+});
+$("replace").addEventListener("click", () => $("file").click());
+$("settings").addEventListener("submit", (event) => { event.preventDefault(); caption(state.file); });
+$("settings").addEventListener("change", () => {
+  const strategy = new FormData($("settings")).get("strategy");
+  $("beam-row").hidden = strategy !== "beam";
+  $("temperature-row").hidden = strategy !== "sample";
+});
+$("temperature").addEventListener("input", (event) => {
+  $("temperature-value").textContent = Number(event.target.value).toFixed(1);
+});
+window.addEventListener("resize", clearOverlay);
+loadModelInfo();
