@@ -7,8 +7,8 @@ async function loadModelInfo() {
   try {
     const response = await fetch("/api/model");
     const info = await response.json();
-    $("model-info").textContent =
-      `${info.decoder}${info.attention ? " + attention" : ""} · ${info.encoder}` +
+    const decoder = { attention: "LSTM with soft attention", lstm: "LSTM (show and tell)", gru: "GRU (show and tell)" };
+    $("model-info").textContent = `${decoder[info.decoder] || info.decoder} on ${info.encoder}` +
       (info.trained_on ? ` · trained on ${info.trained_on}` : "");
     if (!info.review) $("review-link").title = "Start the server with --eval_dir to review an evaluation";
   } catch {

@@ -25,7 +25,7 @@ async function load() {
     return;
   }
   Object.assign(review, { items: answer.items, ratings: answer.ratings, aspects: answer.aspects, about: answer.about });
-  $("folder").textContent = answer.folder;
+  $("folder").textContent = `Evaluation: ${answer.folder}`;
   renderSummary();
   renderItems();
 }

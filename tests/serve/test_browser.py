@@ -1,0 +1,118 @@
+"""End to end in a real headless Chromium: upload a photo, see its caption, hover a word and see the
+heatmap; rate a caption on the review page, reload, and see the rating kept. Screenshots go to the test's
+folder (and to $CAPTIONER_SCREENSHOTS when set) to be looked at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from captioner.cli import main
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()),
+                                reason="Chromium not installed (apt-get install chromium chromium-driver)")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ready  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, tmp_path_factory):
+    evaluation = tmp_path_factory.mktemp("browser") / "eval"
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "8",
+                 "--output_dir", str(evaluation)]) == 0
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--model_path", str(tiny_checkpoint),
+                                "--eval_dir", str(evaluation), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/health", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"the server stopped: {process.stdout.read()}")
+            time.sleep(0.2)
+    yield url, evaluation
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--window-size=1280,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(DRIVER)))
+    yield driver
+    driver.quit()
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    driver.save_screenshot(str(path))
+    if os.environ.get("CAPTIONER_SCREENSHOTS"):
+        target = Path(os.environ["CAPTIONER_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.name)
+
+
+def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    url, _ = server
+    image = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    caption = wait.until(ready.visibility_of_element_located((By.ID, "caption-text")))
+    words = caption.find_elements(By.CSS_SELECTOR, ".word")
+    assert words and caption.text.strip()
+    assert browser.find_element(By.ID, "photo").get_attribute("alt") == caption.text.strip()
+    webdriver.ActionChains(browser).move_to_element(words[0]).perform()
+    wait.until(lambda d: d.find_element(By.ID, "overlay").get_attribute("data-drawn") == "true")
+    painted = browser.execute_script(
+        "const c = document.getElementById('overlay');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+    assert painted > 0, "hovering a word drew no heatmap"
+    assert "active" in words[0].get_attribute("class")
+    screenshot(browser, tmp_path, "caption_page")
+    browser.set_window_size(390, 844)  # a phone-sized window
+    screenshot(browser, tmp_path, "caption_page_phone")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.set_window_size(1280, 900)
+
+
+def test_review_page_rating_survives_a_reload(server, browser, tmp_path: Path) -> None:
+    url, evaluation = server
+    browser.get(url + "/review")
+    wait = WebDriverWait(browser, 30)
+    first = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "article.item")))
+    label = first.find_element(By.CSS_SELECTOR, "input[name^='fluency'][value='4']").find_element(By.XPATH, "..")
+    label.click()
+    wait.until(lambda d: "Saved" in first.find_element(By.CSS_SELECTOR, ".saved").text)
+    screenshot(browser, tmp_path, "review_page")
+    browser.refresh()
+    first = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "article.item")))
+    checked = first.find_element(By.CSS_SELECTOR, "input[name^='fluency'][value='4']")
+    assert checked.is_selected()
+    assert (evaluation / "ratings.sqlite").is_file()
