@@ -73,16 +73,25 @@ def word_log_probs(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
 @torch.no_grad()
 def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_length: int = 30) -> list[Decoded]:
     """The most likely word at every step."""
-    batch = features.shape[0]
+    return _word_by_word(decoder, features, vocab, max_length, lambda log_probs: log_probs.argmax(-1))
+
+
+def _word_by_word(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_length: int,
+                  choose) -> list[Decoded]:
+    """Decode every image one word per step, `choose` picking each next word from the log-probabilities;
+    a caption is done at <end> (later steps feed it <end> and add nothing to its score)."""
+    batch, device = features.shape[0], features.device
     state = decoder.start(features)
-    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=features.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
-    chosen, scores, alphas = [], torch.zeros(batch, device=features.device), []
+    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    chosen, scores, alphas = [], torch.zeros(batch, device=device), []
     for _ in range(max_length):
         logits, state, alpha = decoder.step(tokens, state)
         log_probs = word_log_probs(logits, vocab)
-        best, tokens = log_probs.max(-1)
-        scores += torch.where(finished, torch.zeros_like(best), best)
+        tokens = choose(log_probs)
+        picked = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        scores += torch.where(finished, torch.zeros_like(picked), picked)
+        tokens = torch.where(finished, torch.full_like(tokens, vocab.end_id), tokens)
         chosen.append(tokens)
         if alpha is not None:
             alphas.append(alpha)
@@ -93,10 +102,11 @@ def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_leng
     attention = torch.stack(alphas, 1) if alphas else None  # (B, steps, L)
     results = []
     for row, sequence in enumerate(ids):
-        length = sequence.index(vocab.end_id) + 1 if vocab.end_id in sequence else len(sequence)
-        words = sequence[:length - 1] if vocab.end_id in sequence else sequence
+        ended = vocab.end_id in sequence
+        length = sequence.index(vocab.end_id) + 1 if ended else len(sequence)
         score = float(scores[row])
-        results.append(Decoded(words, score, attention[row, :length].cpu() if attention is not None else None, score))
+        results.append(Decoded(sequence[:length - 1] if ended else sequence, score,
+                               attention[row, :length].cpu() if attention is not None else None, score))
     return results
 
 
@@ -248,34 +258,12 @@ def sample(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, num_capt
 
 def _sample_once(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, max_length: int, temperature: float,
                  top_k: int, top_p: float, generator: torch.Generator) -> list[Decoded]:
-    batch, device = features.shape[0], features.device
-    state = decoder.start(features)
-    tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    chosen, scores, alphas = [], torch.zeros(batch, device=device), []
-    for _ in range(max_length):
-        logits, state, alpha = decoder.step(tokens, state)
-        log_probs = word_log_probs(logits, vocab)
+    """One sampled caption per row; scores are the model's log-probabilities, not the tempered ones."""
+    def choose(log_probs: torch.Tensor) -> torch.Tensor:
         filtered = _filter(log_probs / temperature, top_k, top_p)
-        tokens = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator).squeeze(1)
-        picked = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # model log-prob, not the tempered one
-        scores += torch.where(finished, torch.zeros_like(picked), picked)
-        tokens = torch.where(finished, torch.full_like(tokens, vocab.end_id), tokens)
-        chosen.append(tokens)
-        if alpha is not None:
-            alphas.append(alpha)
-        finished |= tokens == vocab.end_id
-        if finished.all():
-            break
-    ids = torch.stack(chosen, 1).tolist()
-    attention = torch.stack(alphas, 1) if alphas else None
-    results = []
-    for row, sequence in enumerate(ids):
-        ended = vocab.end_id in sequence
-        length = sequence.index(vocab.end_id) + 1 if ended else len(sequence)
-        words = sequence[:length - 1] if ended else sequence
-        results.append(Decoded(words, float(scores[row]), attention[row, :length].cpu() if attention is not None else None))
-    return results
+        return torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator).squeeze(1)
+
+    return _word_by_word(decoder, features, vocab, max_length, choose)
 
 
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
