@@ -23,6 +23,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
+        _sync_folder(path.parent)
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
@@ -30,6 +31,16 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             raise CaptionerError(f"could not write {path}: {error.strerror or error}; "
                                  "the previous version (if any) is untouched") from error
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (it lives in the folder's entry list), where the OS allows it."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
