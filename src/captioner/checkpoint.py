@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, first_line
 from captioner.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "captioner-checkpoint"
@@ -31,7 +31,7 @@ def load_checkpoint(path: Path | str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as error:
         raise CaptionerError(f"{path} is not a readable checkpoint (truncated, damaged or another kind of file: "
-                             f"{str(error).splitlines()[0][:120]})") from error
+                             f"{first_line(error, 120)})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CaptionerError(f"{path} is not a captioner checkpoint")
     if checkpoint.get("version") != CHECKPOINT_VERSION:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -187,7 +187,7 @@ def _load_into(model: nn.Module, weights: Path, name: str) -> None:
     try:
         model.load_state_dict(_load_state_dict(weights))
     except RuntimeError as error:
-        raise CaptionerError(f"{weights} does not hold {name} weights: {str(error).splitlines()[0]}") from error
+        raise CaptionerError(f"{weights} does not hold {name} weights: {first_line(error)}") from error
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -16,3 +16,8 @@ class DatasetFormatError(CaptionerError):
         super().__init__(message)
         self.path = path
         self.line = line
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message for a one-line error; its type when it has no message."""
+    return (str(error).splitlines() or [type(error).__name__])[0][:limit]

@@ -21,7 +21,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.devices import pick_device
 from captioner.encoders import Encoder, build_architecture, get_spec
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, first_line
 from captioner.io import atomic_write_bytes, atomic_write_text
 from captioner.trained import TrainedModel
 
@@ -81,5 +81,5 @@ def _load_decoder(config: DecoderConfig, tensors: dict[str, torch.Tensor], folde
         decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
     except RuntimeError as error:
         raise CaptionerError(f"{folder}/model.safetensors does not match its config.json: "
-                             f"{str(error).splitlines()[0][:160]}") from error
+                             f"{first_line(error)}") from error
     return decoder

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from captioner.checkpoint import save_checkpoint
-from captioner.io import atomic_write_text
+from captioner.io import atomic_write_bytes, atomic_write_text
 
 
 class RunFiles:
@@ -95,12 +95,29 @@ class RunFiles:
         axis.legend()
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(self.folder / "training_losses.png", dpi=100)
-        plt.close(figure)
+        _save_figure(figure, self.folder / "training_losses.png")
         figure, axis = plt.subplots(figsize=(6, 4))
         axis.plot(epochs, [e["lr"] for e in history], "o-")
         axis.set(xlabel="epoch", ylabel="learning rate", title="Learning rate", yscale="log")
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(self.folder / "learning_rate.png", dpi=100)
-        plt.close(figure)
+        _save_figure(figure, self.folder / "learning_rate.png")
+
+
+def _save_figure(figure, path: Path) -> None:
+    """Render in memory, then write atomically: a kill mid-save never leaves a truncated PNG."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files (`.NAME.XXXX.tmp`) of atomic writes that a killed run left in its folder;
+    the files they were to replace are whole (the old version) or absent."""
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from captioner.distributed import Processes, start_processes, stop_processes
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, extract_features
 from captioner.live_features import LiveFeatures
-from captioner.rundir import RunFiles
+from captioner.rundir import RunFiles, remove_temporaries
 from captioner.schedulers import Schedule, ScheduleSettings
 
 
@@ -139,6 +139,8 @@ class Trainer:
         self.device = device or pick_device(config.device)
         keep_freed_memory()
         self.parent = load_checkpoint(config.resume) if config.resume else None
+        if self.parent is not None and self.processes.is_main:
+            remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
         self.dataset = self._load_data()
         self.vocab = self._vocabulary()
         if not self.processes.is_main:

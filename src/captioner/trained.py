@@ -11,7 +11,7 @@ from captioner.checkpoint import load_checkpoint
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.devices import pick_device
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, first_line
 
 
 @dataclass
@@ -41,7 +41,7 @@ def load_trained(path: Path | str, device: str | torch.device | None = None) -> 
         decoder.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CaptionerError(f"checkpoint {path} does not hold a model this captioner can rebuild: "
-                             f"{str(error).splitlines()[0][:160]}") from error
+                             f"{first_line(error)}") from error
     vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
     return TrainedModel(decoder.to(run_device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
                         checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, run_device)
