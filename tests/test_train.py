@@ -213,3 +213,13 @@ def test_attention_pictures_during_training(shapes: Path, tmp_path: Path) -> Non
             "advanced_attention_viz_sample_2.png"} <= names
     with pytest.raises(CaptionerError, match="needs --decoder attention"):
         Trainer(small(shapes, tmp_path, decoder="gru", save_attention_viz=True), ["captioner"])
+
+
+def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_path: Path) -> None:
+    run = Trainer(small(shapes, tmp_path, epochs=2, scst_epochs=2, scst_samples=3, best_metric="CIDEr",
+                        max_images=40), ["captioner"]).run()
+    entries = history(run)
+    assert [e["objective"] for e in entries] == ["cross-entropy"] * 2 + ["self-critical"] * 2
+    assert all("train_CIDEr" in e for e in entries[2:]) and entries[2]["lr"] == pytest.approx(2e-5)
+    assert "self-critical training" in (run / "train.log").read_text()
+    assert run.name.startswith("shapes_attention_ep2_bs16_lr3e-3_const_scst2_")

@@ -184,6 +184,10 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(run, "--early_stopping_patience", type=int, help="stop after this many epochs without a better --best_metric")
     flag(run, "--best_metric", choices=("val_loss", "BLEU-4", "CIDEr"), default="val_loss",
          help="dev measure that picks best.pt and drives early stopping (BLEU-4/CIDEr: greedy captions)")
+    flag(run, "--scst_epochs", type=int, default=0,
+         help="after --epochs of cross-entropy, this many epochs of self-critical training on CIDEr-D")
+    flag(run, "--scst_lr", type=float, default=2e-5, help="learning rate of self-critical training")
+    flag(run, "--scst_samples", type=int, default=5, help="captions sampled per image in self-critical training")
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
     flag(run, "--output_dir", type=Path, default=Path("runs"))
     flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")

@@ -65,9 +65,8 @@ def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,
 
 def word_log_probs(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     """Log-probabilities of the next word in fp32; <pad> and <start> are never a next word."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    log_probs[:, [vocab.pad_id, vocab.start_id]] = float("-inf")
-    return log_probs
+    never = torch.tensor([vocab.pad_id, vocab.start_id], device=logits.device)
+    return torch.log_softmax(logits.float(), dim=-1).index_fill(1, never, float("-inf"))  # not in place: autograd
 
 
 @torch.no_grad()

@@ -79,6 +79,9 @@ class TrainConfig:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     early_stopping_patience: int | None = None
     best_metric: str = "val_loss"  # what picks best.pt and drives early stopping: val_loss, BLEU-4 or CIDEr
+    scst_epochs: int = 0  # after the cross-entropy epochs, this many epochs of self-critical CIDEr-D training
+    scst_lr: float = 2e-5
+    scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean of the others
     keep_checkpoints: int = 2
     output_dir: str = "runs"
     amp: bool = True
@@ -101,8 +104,9 @@ class TrainConfig:
 
     def run_name(self) -> str:
         schedule = self.schedule.scheduler_type if self.use_scheduler else "const"
+        scst = f"_scst{self.scst_epochs}" if self.scst_epochs else ""
         return (f"{self.dataset_type}_{self.decoder}_ep{self.epochs}_bs{self.batch_size}_lr{self.learning_rate:.0e}"
-                f"_{schedule}").replace("e-0", "e-")
+                f"_{schedule}{scst}").replace("e-0", "e-")
 
 
 # ---------------------------------------------------------------- metrics used during training
@@ -180,6 +184,11 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=self.vocab.pad_id, label_smoothing=config.label_smoothing,
                                            reduction="sum")
         self.start_epoch, self.best_epoch, self.history = 1, 0, []
+        self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
+        if config.scst_epochs and self.processes.distributed:
+            raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
+                                 "torchrun, then continue with --resume and --scst_epochs without it")
+        self.self_critical = self._self_critical() if config.scst_epochs else None
         self.best_score = math.inf if config.best_metric == "val_loss" else -math.inf
         if self.parent is not None:
             self._restore(self.parent)
@@ -221,6 +230,31 @@ class Trainer:
                                 cache_dir=Path(c.cache_dir) if c.cache_dir else None, flip=c.augment_flip,
                                 weights=Path(c.encoder_weights) if c.encoder_weights else None,
                                 num_workers=c.num_workers, device=c.device)
+
+    def _self_critical(self):
+        from captioner.self_critical import SelfCritical
+
+        references = {}
+        for record in self.dataset.split("train"):
+            row = self.store.row(record.image)
+            if row is not None:
+                references[row] = [clean_caption(text)[: self.config.max_length] for text in record.captions]
+        return SelfCritical(references, self.vocab, self.config.scst_samples)
+
+    def _start_self_critical(self) -> None:
+        """Continue from the best cross-entropy weights with a fresh, small, constant learning rate."""
+        c = self.config
+        best = self.best_weights
+        parent_best = Path(c.resume).parent / "best.pt" if c.resume else None
+        if best is None and parent_best is not None and parent_best.exists():
+            best = load_checkpoint(parent_best)["model"]
+        if best is not None:
+            self.decoder.load_state_dict(best)
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.scst_lr
+        self.log(f"self-critical training (CIDEr-D reward, {c.scst_samples} samples per image) from the best "
+                 f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
     def _restore(self, checkpoint: dict) -> None:
         source = self.config.resume
@@ -321,6 +355,35 @@ class Trainer:
         total, words = self.processes.sum(total, words)
         return total / max(words, 1), captions_seen / (time.perf_counter() - started)
 
+    def self_critical_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """One epoch of self-critical training: mean loss, mean reward (CIDEr-D of the samples), captions/s."""
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        images_per_batch = max(1, self.config.batch_size // self.config.scst_samples)
+        batches = self.self_critical.batches(images_per_batch * self.processes.world_size, generator)
+        total_loss, total_reward, count, started = 0.0, 0.0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch} (self-critical)", unit="batch", leave=False, file=sys.stderr,
+                   disable=None if self.processes.is_main else True)
+        for rows in bar:
+            mine = self.processes.shard(rows)
+            if not mine:
+                continue
+            features = self._features_of_rows(mine, train=True)
+            with autocast(self.device, self.config.amp):
+                loss, reward = self.self_critical.loss(self.decoder, features, mine, self.config.max_length)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.clip_norm:
+                nn.utils.clip_grad_norm_(self.decoder.parameters(), self.config.clip_norm)
+            self.optimizer.step()
+            total_loss += float(loss.detach()) * len(mine)
+            total_reward += reward * len(mine)
+            count += len(mine)
+            bar.set_postfix(cider=f"{reward:.3f}")
+        total_loss, total_reward, count = self.processes.sum(total_loss, total_reward, count)
+        speed = count * self.config.scst_samples / (time.perf_counter() - started)
+        return total_loss / max(count, 1), total_reward / max(count, 1), speed
+
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
         """Dev cross-entropy per word and greedy BLEU; every process computes the same numbers."""
@@ -351,13 +414,21 @@ class Trainer:
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
         return dev_scores(references, hypotheses)
 
-    def _features_of_rows(self, rows: list[int] | np.ndarray) -> torch.Tensor:
-        """Features of these images as the decoder reads them, without augmentation or gradients."""
+    def _features_of_rows(self, rows: list[int] | np.ndarray, train: bool = False) -> torch.Tensor:
+        """Features of these images as the decoder reads them; `train` allows flipped features (with
+        --augment_flip) but never gradients into the encoder."""
         if self.live is not None:
             with torch.no_grad():
-                return self.live.features(list(rows), self.decoder.uses_grid, train=False)
+                return self.live.features(list(rows), self.decoder.uses_grid, train=train)
+        rows = np.asarray(rows)
         source = self.store.grid if self.decoder.uses_grid else self.store.pooled
-        return torch.from_numpy(np.ascontiguousarray(source[np.asarray(rows)])).to(self.device)
+        features = np.ascontiguousarray(source[rows])
+        if train and self.config.augment_flip:
+            flip = torch.rand(len(rows)).numpy() < 0.5
+            if flip.any():
+                flipped = self.store.grid_flip if self.decoder.uses_grid else self.store.pooled_flip
+                features[flip] = flipped[rows[flip]]
+        return torch.from_numpy(features).to(self.device)
 
     # ---- the run
 
@@ -391,22 +462,35 @@ class Trainer:
                      else ", ".join(f"{name}: {why}" for name, why in list(self.store.skipped.items())[:5]))
             self.log(f"left out {unreadable} train/dev images the encoder could not read ({where})")
         patience_left = c.early_stopping_patience
-        for epoch in range(self.start_epoch, c.epochs + 1):
-            train_loss, speed = self.train_epoch(epoch)
+        epoch, last = self.start_epoch, c.epochs + c.scst_epochs
+        while epoch <= last:
+            self_critical = epoch > c.epochs
+            if epoch == c.epochs + 1 and self_critical:  # entering the phase (not resuming in the middle of it)
+                self._start_self_critical()
+            if self_critical:
+                train_loss, reward, speed = self.self_critical_epoch(epoch)
+            else:
+                (train_loss, speed), reward = self.train_epoch(epoch), None
             val_loss, scores = self.validate()
             lr = self.optimizer.param_groups[0]["lr"]
-            if self.schedule is not None:
+            if self.schedule is not None and not self_critical:
                 self.schedule.after_epoch(val_loss)
             value = val_loss if c.best_metric == "val_loss" else scores[c.best_metric]
             improved = value < self.best_score if c.best_metric == "val_loss" else value > self.best_score
             if improved:
                 self.best_score, self.best_epoch = value, epoch
-            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **scores,
-                     "captions_per_s": speed, "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
+                if c.scst_epochs:
+                    self.best_weights = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+            entry = {"epoch": epoch, "objective": "self-critical" if self_critical else "cross-entropy",
+                     "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **scores, "captions_per_s": speed,
+                     "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
+            if reward is not None:
+                entry["train_CIDEr"] = reward
             self.history.append(entry)
-            self.log(f"Epoch {epoch}/{c.epochs}: train {train_loss:.3f} | val {val_loss:.3f} | lr {lr:.1e} | "
-                     f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f} | {speed:.0f} captions/s | {entry['peak_memory_mb']:.0f} MB"
-                     + (" | best" if improved else ""))
+            trained = f"reward {reward:.3f}" if reward is not None else f"train {train_loss:.3f}"
+            self.log(f"Epoch {epoch}/{last}: {trained} | val {val_loss:.3f} | lr {lr:.1e} | "
+                     f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f} | {speed:.0f} captions/s | "
+                     f"{entry['peak_memory_mb']:.0f} MB" + (" | best" if improved else ""))
             if main:
                 self.files.save_epoch(epoch, self.checkpoint(epoch), best=improved, keep=c.keep_checkpoints)
                 self.files.write_history(self.history)
@@ -417,7 +501,11 @@ class Trainer:
                 if patience_left <= 0:
                     self.log(f"early stopping: no better {c.best_metric} for {c.early_stopping_patience} epochs; "
                              f"best was epoch {self.best_epoch}")
-                    break
+                    if self_critical or not c.scst_epochs:
+                        break
+                    epoch, patience_left = c.epochs + 1, c.early_stopping_patience  # on to self-critical
+                    continue
+            epoch += 1
         if not main:
             return None
         best = self.files.best_path()

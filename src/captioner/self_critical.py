@@ -1,0 +1,72 @@
+"""Self-critical sequence training (Rennie et al. 2017): after cross-entropy training, optimise CIDEr-D itself.
+
+For each training image the model samples several captions; each sample's reward is its CIDEr-D against the
+image's references, and its baseline is the mean reward of the image's other samples. Raising the
+log-probability of samples that beat their siblings and lowering the others is the policy gradient of
+expected CIDEr-D, with no greedy decode needed for the baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from captioner.cider_reward import CiderD
+from captioner.data.vocab import Vocabulary
+from captioner.decoders import Decoder
+from captioner.decoding import word_log_probs
+
+
+class SelfCritical:
+    def __init__(self, references: dict[int, list[list[str]]], vocab: Vocabulary, samples: int = 5) -> None:
+        """`references`: feature row of each training image -> its tokenized reference captions."""
+        if samples < 2:
+            raise ValueError("self-critical training needs at least 2 samples per image (one is the others' baseline)")
+        self.cider = CiderD(references)
+        self.vocab, self.samples = vocab, samples
+        self.rows = sorted(references)
+
+    def batches(self, images_per_batch: int, generator: torch.Generator) -> list[list[int]]:
+        """Feature rows of the training images in random order, in batches."""
+        order = torch.randperm(len(self.rows), generator=generator).tolist()
+        return [[self.rows[i] for i in order[start:start + images_per_batch]]
+                for start in range(0, len(order), images_per_batch)]
+
+    def loss(self, decoder: Decoder, features: torch.Tensor, rows: list[int], max_length: int
+             ) -> tuple[torch.Tensor, float]:
+        """Policy-gradient loss for one batch of images (features (B, ...)), and the mean reward (CIDEr-D)."""
+        expanded = features.repeat_interleave(self.samples, dim=0)  # (B*S, ...)
+        tokens, log_probs, mask = self._sample(decoder, expanded, max_length)
+        rewards = torch.tensor([self.cider.score(rows[index // self.samples], self._words(sequence))
+                                for index, sequence in enumerate(tokens.tolist())], device=features.device)
+        grouped = rewards.view(-1, self.samples)
+        baseline = (grouped.sum(1, keepdim=True) - grouped) / (self.samples - 1)  # mean of the siblings
+        advantage = (grouped - baseline).view(-1)
+        sequence_log_prob = (log_probs * mask).sum(1)
+        loss = -(advantage * sequence_log_prob).sum() / mask.sum().clamp(min=1)
+        return loss, float(rewards.mean())
+
+    def _sample(self, decoder: Decoder, features: torch.Tensor, max_length: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled tokens (N, T), their log-probabilities (N, T) with gradients, and a mask of the steps that
+        count (the words and the <end>, nothing after it)."""
+        batch, device = features.shape[0], features.device
+        state = decoder.start(features)
+        previous = torch.full((batch,), self.vocab.start_id, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        tokens, log_probs, masks = [], [], []
+        for _ in range(max_length):
+            logits, state, _ = decoder.step(previous, state)
+            step_log_probs = word_log_probs(logits, self.vocab)
+            choice = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1)
+            choice = torch.where(finished, torch.full_like(choice, self.vocab.end_id), choice)
+            tokens.append(choice)
+            log_probs.append(step_log_probs.gather(1, choice.unsqueeze(1)).squeeze(1))
+            masks.append((~finished).float())
+            finished = finished | (choice == self.vocab.end_id)
+            previous = choice
+            if bool(finished.all()):
+                break
+        return torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(masks, 1)
+
+    def _words(self, sequence: list[int]) -> list[str]:
+        return self.vocab.decode(sequence)

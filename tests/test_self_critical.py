@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+
+from captioner.cider_reward import CiderD
+from captioner.data.vocab import Vocabulary
+from captioner.decoders import DecoderConfig, build_decoder
+from captioner.self_critical import SelfCritical
+
+REFERENCES = {
+    "a": [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"], ["the", "dog", "runs"]],
+    "b": [["two", "men", "talk", "on", "a", "street"], ["two", "people", "talking"], ["men", "chat", "outside"]],
+    "c": [["a", "child", "jumps", "into", "a", "pool"], ["a", "kid", "jumps", "in", "the", "water"]],
+}
+
+
+def test_cider_d_equals_the_coco_caption_scorer() -> None:
+    from pycocoevalcap.cider.cider import Cider
+
+    candidates = {"a": ["a", "dog", "runs", "on", "grass"], "b": ["two", "men", "talk"], "c": ["a", "dog"]}
+    ours = CiderD(REFERENCES)
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, theirs = Cider().compute_score({k: [" ".join(w) for w in v] for k, v in REFERENCES.items()},
+                                          {k: [" ".join(v)] for k, v in candidates.items()})
+    for key, expected in zip(candidates, theirs):
+        assert ours.score(key, candidates[key]) == pytest.approx(float(expected), rel=1e-9, abs=1e-12)
+
+
+def test_the_loss_favours_samples_that_beat_their_siblings() -> None:
+    vocab = Vocabulary.build([w for refs in REFERENCES.values() for w in refs], freq_threshold=1)
+    torch.manual_seed(0)
+    decoder = build_decoder(DecoderConfig("attention", len(vocab), 8, 8, 12, 6, drop_prob=0.0))
+    rows = {0: REFERENCES["a"], 1: REFERENCES["b"], 2: REFERENCES["c"]}
+    critic = SelfCritical(rows, vocab, samples=4)
+    loss, reward = critic.loss(decoder, torch.randn(3, 5, 8), [0, 1, 2], max_length=8)
+    assert loss.requires_grad and reward >= 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+    generator = torch.Generator().manual_seed(1)
+    assert sorted(row for batch in critic.batches(2, generator) for row in batch) == [0, 1, 2]
