@@ -223,3 +223,16 @@ def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_pa
     assert all("train_CIDEr" in e for e in entries[2:]) and entries[2]["lr"] == pytest.approx(2e-5)
     assert "self-critical training" in (run / "train.log").read_text()
     assert run.name.startswith("shapes_attention_ep2_bs16_lr3e-3_const_scst2_")
+
+
+def test_a_resumed_run_stops_early_where_the_original_would(shapes: Path, tmp_path: Path) -> None:
+    options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2)
+    whole = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    stopped_at = whole[-1]["epoch"]
+    assert stopped_at < 30
+    first = Trainer(small(shapes, tmp_path, **options), ["captioner"])
+    first.config.epochs = stopped_at - 1  # killed one epoch before it would stop
+    run = first.run()
+    resumed = history(Trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{stopped_at - 1}.pt")),
+                              ["captioner"]).run())
+    assert resumed[-1]["epoch"] == stopped_at

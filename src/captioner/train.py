@@ -185,6 +185,7 @@ class Trainer:
                                            reduction="sum")
         self.start_epoch, self.best_epoch, self.history = 1, 0, []
         self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
+        self.patience_left = config.early_stopping_patience
         if config.scst_epochs and self.processes.distributed:
             raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
                                  "torchrun, then continue with --resume and --scst_epochs without it")
@@ -280,6 +281,8 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         if checkpoint.get("best_metric", "val_loss") == self.config.best_metric:
             self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
+            if self.config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
+                self.patience_left = min(checkpoint["patience_left"], self.config.early_stopping_patience)
         self.history = list(checkpoint.get("history", []))
         torch.set_rng_state(checkpoint["rng"]["torch"])
 
@@ -437,7 +440,8 @@ class Trainer:
                 "vocab": self.vocab.to_dict(), "encoder": self.config.encoder,
                 "encoder_settings": self.store.settings, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict() if self.schedule else None, "epoch": epoch,
-                "best_metric": self.config.best_metric, "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history,
+                "best_metric": self.config.best_metric, "best_score": self.best_score,
+                "patience_left": self.patience_left, "best_epoch": self.best_epoch, "history": self.history,
                 "encoder_state": self.live.encoder.state_dict() if self.live and self.live.fine_tune else None,
                 "train_config": _plain(asdict(self.config)), "rng": {"torch": torch.get_rng_state()}}
 
@@ -461,7 +465,6 @@ class Trainer:
             where = (f"{self.store.folder / 'manifest.json'} under 'skipped'" if self.live is None
                      else ", ".join(f"{name}: {why}" for name, why in list(self.store.skipped.items())[:5]))
             self.log(f"left out {unreadable} train/dev images the encoder could not read ({where})")
-        patience_left = c.early_stopping_patience
         epoch, last = self.start_epoch, c.epochs + c.scst_epochs
         while epoch <= last:
             self_critical = epoch > c.epochs
@@ -477,6 +480,8 @@ class Trainer:
                 self.schedule.after_epoch(val_loss)
             value = val_loss if c.best_metric == "val_loss" else scores[c.best_metric]
             improved = value < self.best_score if c.best_metric == "val_loss" else value > self.best_score
+            if c.early_stopping_patience is not None:  # before the checkpoint, so a resume stops alike
+                self.patience_left = c.early_stopping_patience if improved else self.patience_left - 1
             if improved:
                 self.best_score, self.best_epoch = value, epoch
                 if c.scst_epochs:
@@ -497,13 +502,12 @@ class Trainer:
                 if improved:
                     self.save_attention_pictures()
             if c.early_stopping_patience is not None:
-                patience_left = c.early_stopping_patience if improved else patience_left - 1
-                if patience_left <= 0:
+                if self.patience_left <= 0:
                     self.log(f"early stopping: no better {c.best_metric} for {c.early_stopping_patience} epochs; "
                              f"best was epoch {self.best_epoch}")
                     if self_critical or not c.scst_epochs:
                         break
-                    epoch, patience_left = c.epochs + 1, c.early_stopping_patience  # on to self-critical
+                    epoch, self.patience_left = c.epochs + 1, c.early_stopping_patience  # on to self-critical
                     continue
             epoch += 1
         if not main:
