@@ -92,19 +92,24 @@ class Captioner:
         return cls(model, encoder)
 
     @property
+    def default_batch_size(self) -> int:
+        """16 on a CPU (the fastest bf16 encoder batch on a 2-core AMX machine, measured), 64 on CUDA."""
+        return 64 if self.model.device.type == "cuda" else 16
+
+    @property
     def uses_attention(self) -> bool:
         return self.model.decoder.uses_grid
 
     def caption(self, images: ImageInput | Iterable[ImageInput], strategy: str = "beam", beam_size: int = 3,
                 num_captions: int = 1, max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                batch_size: int = 32) -> list[CaptionResult]:
+                batch_size: int | None = None) -> list[CaptionResult]:
         """Captions of every image, in order. Folders are expanded to the images in them (sorted); an image
         that cannot be read gets a result with `error` set instead of stopping the batch."""
         settings = DecodeSettings(strategy, beam_size, max_length, length_penalty, no_repeat_ngram, temperature,
                                   top_k, top_p, num_captions, seed)
         results = []
-        for batch in _batches(expand_inputs(images), batch_size):
+        for batch in _batches(expand_inputs(images), batch_size or self.default_batch_size):
             results.extend(self.caption_batch(batch, settings))
         return results
 

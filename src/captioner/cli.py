@@ -311,7 +311,7 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> None:
          help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
     flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    flag(caption, "--batch_size", type=int, default=32, help="images per batch")
+    flag(caption, "--batch_size", type=int, help="images per batch (default 16 on CPU, 64 on CUDA)")
     add_decoding_args(caption)
     caption.set_defaults(run=run_caption)
 
@@ -342,8 +342,9 @@ def run_caption(args: argparse.Namespace) -> int:
     items = list(expand_inputs(expand_image_arguments(args.images)))
     results = []
     with tqdm(total=len(items), unit="img", desc="captioning", disable=None if len(items) > 1 else True) as bar:
-        for start in range(0, len(items), args.batch_size):
-            batch = captioner.caption_batch(items[start:start + args.batch_size], settings)
+        size = args.batch_size or captioner.default_batch_size
+        for start in range(0, len(items), size):
+            batch = captioner.caption_batch(items[start:start + size], settings)
             results.extend(batch)
             bar.update(len(batch))
     text = format_results(results, args.format)
@@ -405,8 +406,9 @@ def _fill_alt_text(args: argparse.Namespace, captioner, settings) -> int:
 
     def caption_images(paths: list[Path]) -> list[str | None]:
         results = []
-        for start in range(0, len(paths), args.batch_size):
-            batch = [(str(p), p) for p in paths[start:start + args.batch_size]]
+        size = args.batch_size or captioner.default_batch_size
+        for start in range(0, len(paths), size):
+            batch = [(str(p), p) for p in paths[start:start + size]]
             results += [r.text for r in captioner.caption_batch(batch, settings)]
         return results
 

@@ -45,6 +45,7 @@ class Decoder(nn.Module):
     """What decoding strategies rely on."""
 
     uses_grid: bool = False
+    fixed_state: tuple[str, ...] = ()  # state entries that never change after start() (the image's own data)
 
     def _prepare(self, features: torch.Tensor) -> torch.Tensor:
         """Features arrive as stored (float16 from the cache); cast them once to the precision matmuls run in:
@@ -62,6 +63,12 @@ class Decoder(nn.Module):
     @staticmethod
     def select(state: State, index: torch.Tensor) -> State:
         return {name: value.index_select(0, index) for name, value in state.items()}
+
+    def reorder_beams(self, state: State, index: torch.Tensor) -> State:
+        """select() for an index that only moves rows among the beams of the same image: the fixed entries
+        are the same for all of an image's beams, so they stay where they are (no copy of the features)."""
+        return {name: value if name in self.fixed_state else value.index_select(0, index)
+                for name, value in state.items()}
 
 
 class ShowTell(Decoder):
@@ -133,6 +140,7 @@ class SoftAttention(Decoder):
     """
 
     uses_grid = True
+    fixed_state = ("features", "projected")
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()

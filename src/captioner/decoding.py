@@ -163,7 +163,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
         next_scores = top_scores.gather(1, order).masked_fill(is_end.gather(1, order), float("-inf"))
         rows = (offsets + beam_of.gather(1, order)).view(-1)  # (B*K,) beam each new beam extends
         tokens = word_of.gather(1, order).view(-1)
-        state = decoder.select(state, rows)
+        state = decoder.reorder_beams(state, rows)
         history = torch.cat([history[rows], tokens.unsqueeze(1)], 1)
         if steps_attention is not None:
             attention = steps_attention[rows]
