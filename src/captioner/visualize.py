@@ -94,7 +94,9 @@ def basic_picture(image: Image.Image, trace: AttentionTrace) -> bytes:
     panels = len(trace.words) + 1
     columns = min(5, panels)
     rows = math.ceil(panels / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.6), squeeze=False)
+    aspect = image.height / image.width  # panels as tall as the photo is, so no blank bands between rows
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, (3.2 * aspect + 0.5) * rows + 0.9),
+                                squeeze=False)
     caption = " ".join(trace.words[:-1])
     _panel(axes[0][0], image, None, "the photo")
     for step, word in enumerate(trace.words, 1):
@@ -114,10 +116,12 @@ def advanced_picture(image: Image.Image, trace: AttentionTrace) -> bytes:
     import matplotlib.pyplot as plt
 
     steps = len(trace.words)
-    columns = min(6, steps)
+    columns = min(8, steps)
     word_rows = math.ceil(steps / columns)
-    figure = plt.figure(figsize=(3.0 * max(columns, 4), 3.1 * word_rows + 7.5))
-    grid = figure.add_gridspec(word_rows + 2, max(columns, 4), height_ratios=[1] * word_rows + [1.25, 1.25])
+    aspect = image.height / image.width
+    panel = 3.0 * aspect + 0.45  # a word panel's height: the photo's shape plus its title
+    figure = plt.figure(figsize=(3.0 * max(columns, 4), panel * word_rows + 8.0))
+    grid = figure.add_gridspec(word_rows + 2, max(columns, 4), height_ratios=[panel] * word_rows + [3.6, 4.4])
     for step, word in enumerate(trace.words):
         axis = figure.add_subplot(grid[step // columns, step % columns])
         confident = trace.probabilities[step] >= 0.5
@@ -146,7 +150,7 @@ def advanced_picture(image: Image.Image, trace: AttentionTrace) -> bytes:
     photo = figure.add_subplot(grid[word_rows + 1, width // 2:])
     _panel(photo, image, None, "The photo")
     figure.suptitle(f"\u201c{' '.join(trace.words[:-1])}\u201d", fontsize=16)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))  # leave the top for the caption
     return _figure_bytes(figure)
 
 

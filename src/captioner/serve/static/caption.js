@@ -165,7 +165,7 @@ function drawAttention(map) {
   map.forEach((row, y) => row.forEach((value, x) => {
     const offset = 4 * (y * columns + x);
     pixels.data[offset] = 10; pixels.data[offset + 1] = 14; pixels.data[offset + 2] = 30;
-    pixels.data[offset + 3] = Math.round(220 * (1 - value / peak));
+    pixels.data[offset + 3] = Math.round(190 * (1 - value / peak));
   }));
   small.getContext("2d").putImageData(pixels, 0, 0);
   const context = canvas.getContext("2d");
