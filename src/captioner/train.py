@@ -21,7 +21,7 @@ from captioner.batches import CaptionExamples, bucketed_batches, make_batch, pad
 from captioner.checkpoint import load_checkpoint
 from captioner.data.formats import load_dataset
 from captioner.data.records import Dataset
-from captioner.data.vocab import Vocabulary, clean_caption
+from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
 from captioner.decoders import DecoderConfig, build_decoder
 from captioner.decoding import greedy
 from captioner.devices import autocast, keep_freed_memory, pick_device
@@ -209,7 +209,11 @@ class Trainer:
         if self.parent is not None:
             return Vocabulary.from_dict(self.parent["vocab"], f"checkpoint {self.config.resume}")
         tokens = (clean_caption(text) for record in self.dataset.split("train") for text in record.captions)
-        return Vocabulary.build(tokens, self.config.freq_threshold, self.config.max_vocab)
+        vocab = Vocabulary.build(tokens, self.config.freq_threshold, self.config.max_vocab)
+        if len(vocab) <= len(SPECIALS):
+            raise CaptionerError(f"the vocabulary would hold only {', '.join(SPECIALS)}: no word of the training "
+                                 f"captions occurs --freq_threshold {self.config.freq_threshold} times; lower it")
+        return vocab
 
     @property
     def live(self) -> LiveFeatures | None:
