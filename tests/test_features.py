@@ -145,3 +145,20 @@ def test_relative_image_paths_find_their_rows(tmp_path: Path, monkeypatch) -> No
     store = extract(relative, tmp_path / "cache")
     assert store.row(relative[1]) == store.row(images[1]) == 1
     assert store.covers(relative)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_old_cache_stays(tmp_path: Path, monkeypatch) -> None:
+    images = photos(tmp_path / "img", 6)
+    old = extract(images[:3], tmp_path / "cache")
+    before = np.array(old.grid)
+
+    def disk_full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features.os, "posix_fallocate", disk_full)
+    with pytest.raises(CaptionerError, match="No space left on device.*existing cache there is untouched"):
+        extract(images, tmp_path / "cache")
+    monkeypatch.undo()
+    again = FeatureStore.open(tmp_path / "cache")
+    np.testing.assert_array_equal(np.array(again.grid), before)
+    assert not (tmp_path / "cache.partial").exists()

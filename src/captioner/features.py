@@ -227,6 +227,7 @@ def _build(folder: Path, ordered: list[str], settings: CacheSettings, encoder: E
         partial.mkdir(parents=True)
         arrays = {name: open_memmap(partial / f"{name}.npy", "w+", np.float16, shapes[name.removesuffix("_flip")])
                   for name in names}
+        _reserve_space(partial, names)
         state = {"settings": asdict(settings), "images_sha256": _list_digest(ordered), "done": 0, "skipped": {}}
         _save_progress(partial, state)
     else:
@@ -312,6 +313,24 @@ def _write_rows(array: np.ndarray, rows: torch.Tensor, values: np.ndarray) -> No
         array[first:last + 1] = values
     else:
         array[rows.numpy()] = values
+
+
+def _reserve_space(partial: Path, names: list[str]) -> None:
+    """Allocate the cache files' blocks now. Memory-mapped files are sparse: on a full disk, writing a row
+    would kill the process with SIGBUS halfway through; reserving up front fails at once, cleanly."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        for name in names:
+            path = partial / f"{name}.npy"
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+    except OSError as error:
+        needed = sum((partial / f"{name}.npy").stat().st_size for name in names)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CaptionerError(f"cannot reserve {needed / 2**30:.2f} GB for the feature cache in {partial.parent} "
+                             f"({error.strerror or error}); free some space or pass another --cache_dir. "
+                             "An existing cache there is untouched.") from error
 
 
 def _flush(arrays: dict, partial: Path, state: dict) -> None:
