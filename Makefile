@@ -25,5 +25,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Speed on this machine (needs ../shared/data/flickr8k); MODEL=runs/RUN/best.pt adds decoding and serving.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/train_throughput.py
+	@if [ -n "$(MODEL)" ]; then $(BIN)/python benchmarks/decode.py --model_path $(MODEL) && \
+		$(BIN)/python benchmarks/serve_load.py --model_path $(MODEL); \
+	else echo "MODEL=runs/RUN/best.pt also measures decoding and the web server"; fi
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
