@@ -84,3 +84,10 @@ def test_download_goes_into_a_created_hub_folder(tmp_path: Path, monkeypatch) ->
     with pytest.raises(CaptionerError, match="network unreachable"):
         create_encoder("inception_v3")
     assert targets == [tmp_path / "fresh/hub/checkpoints/inception_v3_google-0cc3c7bd.pth"]
+
+
+def test_random_test_encoders_have_the_same_weights_every_time() -> None:
+    """Bug: *_random encoders drew fresh weights in each process, so a cache resumed by another process mixed
+    rows from two different networks under one manifest."""
+    first, second = (create_encoder("efficientnet_lite0_random").state_dict() for _ in range(2))
+    assert all(torch.equal(first[name], second[name]) for name in first)

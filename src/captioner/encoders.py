@@ -266,7 +266,12 @@ def create_encoder(name: str, weights: Path | str | None = None) -> Encoder:
     """Build encoder `name` in eval mode with its pretrained weights (`weights` overrides the default file)."""
     spec = get_spec(name)
     path = Path(weights).expanduser() if weights else spec.default_weights()
-    trunk, classifier = spec.build(path)
+    if path is None:  # a random test encoder: the same weights in every process, so caches built in pieces agree
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            trunk, classifier = spec.build(None)
+    else:
+        trunk, classifier = spec.build(path)
     encoder = Encoder(spec, trunk, classifier, file_sha256(path) if path else "random")
     return encoder.eval().requires_grad_(False)
 

@@ -23,13 +23,13 @@ KILL_POINTS = 10
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("crash") / "shapes", num_images=150, seed=11)
+    return generate_shapes(tmp_path_factory.mktemp("crash") / "shapes", num_images=90, seed=11)
 
 
 def train_arguments(data: Path, cache: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "captioner", "train", "--dataset_type", "shapes", "--data_dir", str(data),
             "--encoder", "tiny_random", "--cache_dir", str(cache), "--decoder", "attention", "--embed_size", "32",
-            "--hidden_size", "32", "--attention_dim", "16", "--epochs", "4", "--batch_size", "4",
+            "--hidden_size", "32", "--attention_dim", "16", "--epochs", "3", "--batch_size", "4",
             "--learning_rate", "3e-3", "--freq_threshold", "1", "--use_scheduler", "--scheduler_type", "cosine",
             "--output_dir", str(output), *extra]
 
@@ -63,7 +63,7 @@ def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path,
     assert whole.returncode == 0, whole.stderr
     duration = time.monotonic() - started
     (whole_run,) = (tmp_path / "whole").iterdir()
-    expected = load_checkpoint(whole_run / "model_epoch_4.pt")["model"]
+    expected = load_checkpoint(whole_run / "model_epoch_3.pt")["model"]
     chooser = random.Random(5)
     kills = 0
     for point in range(KILL_POINTS):
@@ -80,8 +80,8 @@ def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path,
                                                 *(["--resume", str(resume)] if resume else [])),
                                 capture_output=True, text=True)
         assert finish.returncode == 0, finish.stderr
-        final = newest_checkpoint(tmp_path / f"resumed_{point}")
-        assert final.name == "model_epoch_4.pt"
+        final = newest_checkpoint(tmp_path / f"resumed_{point}") or resume  # killed after its last epoch: done
+        assert final.name == "model_epoch_3.pt"
         weights = load_checkpoint(final)["model"]
         for name, value in expected.items():
             assert torch.equal(weights[name], value), (point, name)
