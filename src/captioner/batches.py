@@ -52,13 +52,7 @@ def make_batch(examples: CaptionExamples, indices: list[int], store: FeatureStor
                flip_mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (B, L, C) or (B, C) as stored (float16: the decoder casts them once, faster than numpy would)
     and captions (B, T) padded with <pad>=0."""
-    rows = examples.rows[indices]
-    source = store.grid if use_grid else store.pooled
-    features = np.ascontiguousarray(source[rows])
-    if flip_mask is not None and flip_mask.any():
-        flipped = store.grid_flip if use_grid else store.pooled_flip
-        features[flip_mask] = flipped[rows[flip_mask]]
-    return torch.from_numpy(features), pad_captions(examples, indices)
+    return store.features(examples.rows[indices], use_grid, flip_mask), pad_captions(examples, indices)
 
 
 def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:

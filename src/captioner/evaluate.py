@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from captioner.data.formats import load_dataset
@@ -114,8 +113,7 @@ class FeatureLookup:
         if self.live is not None:
             with torch.no_grad():
                 return self.live.features(rows, uses_grid, train=False)
-        source = self.store.grid if uses_grid else self.store.pooled
-        return torch.from_numpy(np.ascontiguousarray(source[np.asarray(rows)])).to(self.model.device)
+        return self.store.features(rows, uses_grid).to(self.model.device)
 
 
 def _trained_cache(model: TrainedModel) -> Path | None:

@@ -115,6 +115,17 @@ class FeatureStore:
         except KeyError:
             raise CaptionerError(f"{image} is not in the feature cache {self.folder}") from None
 
+    def features(self, rows: np.ndarray | list[int], use_grid: bool,
+                 flip_mask: np.ndarray | None = None) -> torch.Tensor:
+        """Rows as the decoder reads them: (B, L, C) grids or (B, C) pooled, float16 as stored (the decoder
+        casts once); rows where `flip_mask` is set come from the mirrored images' features."""
+        rows = np.asarray(rows)
+        features = np.ascontiguousarray((self.grid if use_grid else self.pooled)[rows])
+        if flip_mask is not None and flip_mask.any():
+            flipped = self.grid_flip if use_grid else self.pooled_flip
+            features[flip_mask] = flipped[rows[flip_mask]]
+        return torch.from_numpy(features)
+
     def covers(self, images: list[Path]) -> bool:
         return all(os.path.abspath(image) in self.index for image in images)
 

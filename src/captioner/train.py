@@ -427,15 +427,8 @@ class Trainer:
         if self.live is not None:
             with torch.no_grad():
                 return self.live.features(list(rows), self.decoder.uses_grid, train=train)
-        rows = np.asarray(rows)
-        source = self.store.grid if self.decoder.uses_grid else self.store.pooled
-        features = np.ascontiguousarray(source[rows])
-        if train and self.config.augment_flip:
-            flip = torch.rand(len(rows)).numpy() < 0.5
-            if flip.any():
-                flipped = self.store.grid_flip if self.decoder.uses_grid else self.store.pooled_flip
-                features[flip] = flipped[rows[flip]]
-        return torch.from_numpy(features).to(self.device)
+        flip = torch.rand(len(rows)).numpy() < 0.5 if train and self.config.augment_flip else None
+        return self.store.features(rows, self.decoder.uses_grid, flip).to(self.device)
 
     # ---- the run
 
