@@ -12,7 +12,8 @@ def config(decoder: str, **options) -> DecoderConfig:
 
 
 @pytest.mark.parametrize("decoder, options", [("lstm", {}), ("gru", {}), ("lstm", {"image_init": "state"}),
-                                              ("gru", {"num_layers": 2}), ("attention", {})])
+                                              ("gru", {"num_layers": 2}), ("attention", {}),
+                                              ("attention", {"deep_output": True})])
 def test_step_interface_matches_teacher_forcing(decoder: str, options: dict) -> None:
     """Running step() word by word gives the same logits as the teacher-forced forward pass."""
     torch.manual_seed(0)
@@ -39,10 +40,11 @@ def test_select_reorders_every_state_tensor() -> None:
     torch.testing.assert_close(picked["h"][2], state["h"][0])
 
 
-def test_training_pass_gradients_equal_those_of_the_step_by_step_pass() -> None:
+@pytest.mark.parametrize("deep_output", [False, True])
+def test_training_pass_gradients_equal_those_of_the_step_by_step_pass(deep_output: bool) -> None:
     """forward() computes the recurrent weights' gradients its own way (SharedWeight); they must be the same."""
     torch.manual_seed(0)
-    model = build_decoder(config("attention")).eval()
+    model = build_decoder(config("attention", deep_output=deep_output)).eval()
     features = torch.randn(3, 5, 8)
     captions = torch.randint(4, 20, (3, 6))
     logits, _ = model(features, captions)
@@ -54,3 +56,17 @@ def test_training_pass_gradients_equal_those_of_the_step_by_step_pass() -> None:
     reference = torch.autograd.grad(torch.stack(stepped, 1).square().sum(), list(model.parameters()), allow_unused=True)
     for (name, _), got, want in zip(model.named_parameters(), forced, reference):
         torch.testing.assert_close(got, want, msg=name)
+
+
+def test_deep_output_reads_the_attended_context_and_the_previous_word() -> None:
+    """With deep_output the logits change when only the context or only the previous word changes; the plain
+    attention decoder's logits depend on h alone."""
+    torch.manual_seed(0)
+    model = build_decoder(config("attention", deep_output=True)).eval()
+    h, context, words = torch.randn(2, 10), torch.randn(2, 8), torch.randn(2, 6)
+    base = model._logits(h, context, words, dropout=False)
+    assert not torch.allclose(base, model._logits(h, context + 1, words, dropout=False))
+    assert not torch.allclose(base, model._logits(h, context, words + 1, dropout=False))
+    plain = build_decoder(config("attention")).eval()
+    torch.testing.assert_close(plain._logits(h, context, words, dropout=False),
+                               plain._logits(h, context + 1, words + 1, dropout=False))

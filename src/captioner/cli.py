@@ -159,6 +159,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(model, "--drop_prob", type=float, default=0.5, help="dropout (default 0.5)")
     flag(model, "--image_init", choices=("input", "state"), default="input",
          help="lstm/gru: the image is the first input (default) or the initial state")
+    flag(model, "--deep_output", action="store_true",
+         help="attention: read each word from h, the attended context and the previous word (Xu et al.)")
     flag(model, "--alpha_c", type=float, default=1.0, help="attention: doubly stochastic regularisation weight")
     optim = train.add_argument_group("optimisation")
     flag(optim, "--epochs", type=int, default=10)

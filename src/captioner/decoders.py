@@ -36,6 +36,7 @@ class DecoderConfig:
     num_layers: int = 1
     drop_prob: float = 0.5
     image_init: str = "input"  # show-and-tell: image as first "input" or as the initial "state"
+    deep_output: bool = False  # attention: words come from h, the attended context and the previous word
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +135,9 @@ class SoftAttention(Decoder):
     """Xu et al. (show, attend and tell), soft attention: additive attention over the feature grid, initial
     h/c from the mean feature, a gating scalar on the context, and attention weights returned every step.
 
+    With `deep_output` the word is read from tanh(L_h h + L_z context + E previous word) instead of from h
+    alone, as in Xu et al.'s own model: the output layer sees what was attended to directly.
+
     The LSTM cell is written out so that everything computed from the previous hidden state (attention query,
     gate, recurrent gates) is one matmul, and the word embeddings' share of the gates is one matmul for the
     whole caption; in training the recurrent weights' gradients are computed once per batch (SharedWeight).
@@ -155,7 +159,11 @@ class SoftAttention(Decoder):
         self.from_word = nn.Linear(E, 4 * H, bias=False)
         self.from_context = nn.Linear(C, 4 * H, bias=False)
         self.dropout = nn.Dropout(config.drop_prob)
-        self.output = nn.Linear(H, config.vocab_size)
+        self.deep_output = config.deep_output
+        if self.deep_output:
+            self.output_hidden = nn.Linear(H, E)
+            self.output_context = nn.Linear(C, E, bias=False)
+        self.output = nn.Linear(E if self.deep_output else H, config.vocab_size)
         self.splits = [A, C, 4 * H]
 
     def start(self, features: torch.Tensor) -> State:
@@ -165,7 +173,9 @@ class SoftAttention(Decoder):
         return {"features": features, "projected": self.feature_attention(features).float(),
                 "h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
 
-    def _cell(self, word_gates: torch.Tensor, state: State, from_hidden, from_context) -> tuple[State, torch.Tensor]:
+    def _cell(self, word_gates: torch.Tensor, state: State, from_hidden, from_context
+              ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """One LSTM step; returns the new state, the attention weights and the (gated) context."""
         query, gate, recurrent = from_hidden(state["h"]).split(self.splits, dim=1)
         # attention energies in fp32: bf16 tanh over (B, L, A) is slower on CPU and no more accurate
         with torch.autocast(query.device.type, enabled=False):
@@ -178,13 +188,21 @@ class SoftAttention(Decoder):
         i, f, g, o = gates.float().chunk(4, dim=1)
         c = torch.sigmoid(f) * state["c"] + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return {**state, "h": h, "c": c}, alpha
+        return {**state, "h": h, "c": c}, alpha, context
+
+    def _logits(self, h: torch.Tensor, context: torch.Tensor, words: torch.Tensor, dropout: bool) -> torch.Tensor:
+        """h (..., H), context (..., C), embedded previous words (..., E) -> logits (..., V). Dropout belongs to
+        the teacher-forced pass only: step() (decoding, and self-critical sampling) reads the whole layer."""
+        if self.deep_output:
+            h = torch.tanh(self.output_hidden(h) + self.output_context(context) + words)
+        return self.output(self.dropout(h) if dropout else h)
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, L, C); captions (B, T) -> logits (B, T-1, V) and attention weights (B, T-1, L)."""
         state = self.start(features)
         dtype = state["features"].dtype  # the compute precision
-        word_gates = self.from_word(self.embed(captions[:, :-1]))  # (B, T-1, 4H): one matmul for all steps
+        words = self.embed(captions[:, :-1])  # (B, T-1, E)
+        word_gates = self.from_word(words)  # (B, T-1, 4H): one matmul for all steps
         hidden_weight = SharedWeight(self.from_hidden.weight, dtype)
         context_weight = SharedWeight(self.from_context.weight, dtype)
         bias = self.from_hidden.bias.to(dtype)
@@ -192,18 +210,22 @@ class SoftAttention(Decoder):
         def from_hidden(h: torch.Tensor) -> torch.Tensor:
             return hidden_weight(h) + bias
 
-        hiddens, alphas = [], []
+        hiddens, alphas, contexts = [], [], []
         for step_gates in word_gates.unbind(1):
-            state, alpha = self._cell(step_gates, state, from_hidden, context_weight)
+            state, alpha, context = self._cell(step_gates, state, from_hidden, context_weight)
             hiddens.append(state["h"])
             alphas.append(alpha)
-        hidden = torch.stack(hiddens, 1)  # (B, T-1, H): one big output matmul instead of one per step
-        return self.output(self.dropout(hidden)), torch.stack(alphas, 1)
+            if self.deep_output:
+                contexts.append(context)
+        # (B, T-1, ...): one big output matmul instead of one per step
+        hidden = torch.stack(hiddens, 1)
+        context = torch.stack(contexts, 1) if self.deep_output else hidden
+        return self._logits(hidden, context, words, dropout=True), torch.stack(alphas, 1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        word_gates = self.from_word(self.embed(tokens))
-        state, alpha = self._cell(word_gates, state, self.from_hidden, self.from_context)
-        return self.output(state["h"]).float(), state, alpha
+        words = self.embed(tokens)
+        state, alpha, context = self._cell(self.from_word(words), state, self.from_hidden, self.from_context)
+        return self._logits(state["h"], context, words, dropout=False).float(), state, alpha
 
 
 def build_decoder(config: DecoderConfig) -> Decoder:

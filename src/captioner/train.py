@@ -68,6 +68,7 @@ class TrainConfig:
     drop_prob: float = 0.5
     image_init: str = "input"
     alpha_c: float = 1.0
+    deep_output: bool = False
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 4e-4
@@ -164,7 +165,7 @@ class Trainer:
         h, w, channels = self.store.grid_shape
         self.model_config = DecoderConfig(config.decoder, len(self.vocab), channels, config.embed_size,
                                           config.hidden_size, config.attention_dim, config.num_layers,
-                                          config.drop_prob, config.image_init)
+                                          config.drop_prob, config.image_init, config.deep_output)
         # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers,
         # and the same seed must give the same run whether or not the cache existed.
         torch.manual_seed(config.seed)
@@ -415,7 +416,9 @@ class Trainer:
         for start in range(0, len(records), 250):
             chunk = records[start:start + 250]
             features = self._features_of_rows([self.store.row(r.image) for r in chunk])
-            for offset, decoded in enumerate(greedy(self.decoder, features, self.vocab, self.config.max_length)):
+            with autocast(self.device, self.config.amp):  # as `captioner evaluate` decodes (decoding.decode)
+                decoded_chunk = greedy(self.decoder, features, self.vocab, self.config.max_length)
+            for offset, decoded in enumerate(decoded_chunk):
                 key = start + offset
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
