@@ -133,3 +133,20 @@ def test_pad_and_start_are_never_emitted() -> None:
         net.output.bias[VOCAB.start_id] = 1e4
     for per_image in beam_search(net, features(net), VOCAB, beam_size=3, max_length=6):
         assert VOCAB.pad_id not in per_image[0].tokens and VOCAB.start_id not in per_image[0].tokens
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_of_a_batch_equals_one_image_at_a_time(length_penalty: float) -> None:
+    """Images that finish leave the batch early; what remains must decode as if it were alone."""
+    net = model(seed=3, sharp=6.0)
+    feats = features(net, batch=9, seed=5)
+    together = beam_search(net, feats, VOCAB, beam_size=3, max_length=9, length_penalty=length_penalty,
+                           num_captions=2)
+    assert len({len(per_image[0].tokens) for per_image in together}) > 1  # images finish at different steps
+    for image in range(9):
+        alone = beam_search(net, feats[image:image + 1], VOCAB, beam_size=3, max_length=9,
+                            length_penalty=length_penalty, num_captions=2)[0]
+        assert [d.tokens for d in together[image]] == [d.tokens for d in alone]
+        for got, want in zip(together[image], alone):
+            assert got.log_prob == pytest.approx(want.log_prob, abs=1e-5)
+            torch.testing.assert_close(got.attention, want.attention)

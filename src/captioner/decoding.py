@@ -2,7 +2,8 @@
 
 Three strategies share the decoders' step interface, so each works with every decoder:
 greedy, beam search (images x beams in one batch), and sampling (temperature, top-k, top-p).
-Logits are turned into log-probabilities in fp32: in bf16, near-ties flip words between runs.
+The decoder runs in the reduced precision it was trained in where that is fast (bf16 on AMX CPUs and CUDA):
+its matmuls run several times faster than in fp32. Logits are turned into log-probabilities in fp32.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import Decoder
+from captioner.devices import autocast
 
 STRATEGIES = ("greedy", "beam", "sample")
 
@@ -39,6 +41,7 @@ class DecodeSettings:
     top_p: float = 1.0  # sample: the smallest set of words whose probability reaches p
     num_captions: int = 1  # per image: the best N beams, or N distinct samples
     seed: int | None = None  # sample: the same seed gives the same captions
+    amp: bool = True  # run the decoder in the reduced precision it was trained in, where that is fast (bf16)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -54,13 +57,14 @@ class DecodeSettings:
 def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,
            settings: DecodeSettings) -> list[list[Decoded]]:
     """Captions of every image: a list (best first, `num_captions` long at most) per image."""
-    if settings.strategy == "greedy":
-        return [[result] for result in greedy(decoder, features, vocab, settings.max_length)]
-    if settings.strategy == "beam":
-        return beam_search(decoder, features, vocab, settings.beam_size, settings.max_length,
-                           settings.length_penalty, settings.no_repeat_ngram, settings.num_captions)
-    return sample(decoder, features, vocab, settings.num_captions, settings.max_length, settings.temperature,
-                  settings.top_k, settings.top_p, settings.seed)
+    with autocast(features.device, settings.amp):
+        if settings.strategy == "greedy":
+            return [[result] for result in greedy(decoder, features, vocab, settings.max_length)]
+        if settings.strategy == "beam":
+            return beam_search(decoder, features, vocab, settings.beam_size, settings.max_length,
+                               settings.length_penalty, settings.no_repeat_ngram, settings.num_captions)
+        return sample(decoder, features, vocab, settings.num_captions, settings.max_length, settings.temperature,
+                      settings.top_k, settings.top_p, settings.seed)
 
 
 def word_log_probs(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
@@ -129,19 +133,23 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
     history = torch.empty(batch * K, 0, dtype=torch.long, device=device)  # words so far, per beam
     attention: torch.Tensor | None = None  # (B*K, steps, L)
     finished: list[list[tuple[float, Decoded]]] = [[] for _ in range(batch)]
+    # The rows computed are those of images still searching: `images` maps them back to the batch; images
+    # that are done leave the batch (at once when few images remain, else once a quarter is done).
+    images = list(range(batch))
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    offsets = (torch.arange(batch, device=device) * K).unsqueeze(1)  # (B, 1): first beam row of each image
 
     def rank(log_prob: float, length: int) -> float:
         return log_prob / (max(length, 1) ** length_penalty) if length_penalty else log_prob
 
     for step in range(max_length):
+        live = len(images)
+        offsets = (torch.arange(live, device=device) * K).unsqueeze(1)  # (B, 1): first beam row of each image
         logits, state, alpha = decoder.step(tokens, state)
         log_probs = word_log_probs(logits, vocab)  # (B*K, V)
         if no_repeat_ngram:
             log_probs = _block_repeated_ngrams(log_probs, history, no_repeat_ngram)
         vocab_size = log_probs.shape[1]
-        candidates = (scores.unsqueeze(2) + log_probs.view(batch, K, vocab_size)).view(batch, K * vocab_size)
+        candidates = (scores.unsqueeze(2) + log_probs.view(live, K, vocab_size)).view(live, K * vocab_size)
         top_scores, top_index = candidates.topk(2 * K, dim=1)  # (B, 2K)
         beam_of, word_of = top_index // vocab_size, top_index % vocab_size
         steps_attention = None
@@ -149,39 +157,48 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
             steps_attention = alpha.unsqueeze(1) if attention is None else torch.cat([attention, alpha.unsqueeze(1)], 1)
         # set aside candidates that end a caption (CPU side: a handful per image)
         is_end = (word_of == vocab.end_id) & torch.isfinite(top_scores)
-        for image, position in is_end.nonzero().tolist():
-            if done[image] or position >= K:  # only ends that rank among the K best count (as in a beam of K)
+        for position_of_image, position in is_end.nonzero().tolist():
+            if position >= K:  # only ends that rank among the K best count (as in a beam of K)
                 continue
-            row = int(offsets[image, 0] + beam_of[image, position])
-            score = float(top_scores[image, position])
+            row = int(offsets[position_of_image, 0] + beam_of[position_of_image, position])
+            score = float(top_scores[position_of_image, position])
             words = history[row].tolist()
             weights = steps_attention[row].cpu() if steps_attention is not None else None
-            finished[image].append((rank(score, len(words) + 1), Decoded(words, score, weights)))
+            finished[images[position_of_image]].append((rank(score, len(words) + 1), Decoded(words, score, weights)))
         # continue with the K best candidates that do not end
         keep = (~is_end).float().masked_fill(~torch.isfinite(top_scores), 0.5)  # ends last, dead beams after
         order = keep.argsort(dim=1, descending=True, stable=True)[:, :K]  # stable: best scores first
-        next_scores = top_scores.gather(1, order).masked_fill(is_end.gather(1, order), float("-inf"))
+        scores = top_scores.gather(1, order).masked_fill(is_end.gather(1, order), float("-inf"))
         rows = (offsets + beam_of.gather(1, order)).view(-1)  # (B*K,) beam each new beam extends
         tokens = word_of.gather(1, order).view(-1)
         state = decoder.reorder_beams(state, rows)
         history = torch.cat([history[rows], tokens.unsqueeze(1)], 1)
         if steps_attention is not None:
             attention = steps_attention[rows]
-        scores = next_scores
-        done |= _finished_enough(finished, scores, K, step + 1, rank, device)
-        scores[done] = float("-inf")
-        if bool(done.all()):
+        now_done = _finished_enough([finished[i] for i in images], scores, K, step + 1, rank, device)
+        if bool(now_done.all()):
+            images = []
             break
+        if bool(now_done.any()) and (live <= 4 or 4 * int(now_done.sum()) >= live):
+            stay = (~now_done).nonzero().squeeze(1)
+            stay_rows = (stay.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
+            state = decoder.select(state, stay_rows)
+            tokens, history, scores = tokens[stay_rows], history[stay_rows], scores[stay]
+            attention = attention[stay_rows] if attention is not None else None
+            images = [images[i] for i in stay.tolist()]
+        else:
+            scores[now_done] = float("-inf")  # done, but still in the batch: no more hypotheses from it
+    for position_of_image, image in enumerate(images):  # length limit reached: the best unfinished beams too
+        if len(finished[image]) >= num_captions:
+            continue
+        for beam in range(K):
+            row, score = position_of_image * K + beam, float(scores[position_of_image, beam])
+            if score == float("-inf"):
+                continue
+            weights = attention[row].cpu() if attention is not None else None
+            finished[image].append((rank(score, history.shape[1]), Decoded(history[row].tolist(), score, weights)))
     results = []
-    for image in range(batch):
-        hypotheses = finished[image]
-        if len(hypotheses) < num_captions:  # length limit reached: the best unfinished beams instead
-            for beam in range(K):
-                row, score = image * K + beam, float(scores[image, beam])
-                if score == float("-inf"):
-                    continue
-                weights = attention[row].cpu() if attention is not None else None
-                hypotheses.append((rank(score, history.shape[1]), Decoded(history[row].tolist(), score, weights)))
+    for hypotheses in finished:
         hypotheses.sort(key=lambda item: item[0], reverse=True)
         results.append([_with_score(decoded, ranked) for ranked, decoded in hypotheses[:num_captions]])
     return results
