@@ -150,3 +150,15 @@ def test_beam_search_of_a_batch_equals_one_image_at_a_time(length_penalty: float
         for got, want in zip(together[image], alone):
             assert got.log_prob == pytest.approx(want.log_prob, abs=1e-5)
             torch.testing.assert_close(got.attention, want.attention)
+
+
+def test_greedy_of_a_batch_equals_one_image_at_a_time() -> None:
+    net = model(seed=3, sharp=6.0)
+    feats = features(net, batch=9, seed=5)
+    together = greedy(net, feats, VOCAB, max_length=9)
+    assert len({len(decoded.tokens) for decoded in together}) > 1
+    for image in range(9):
+        (alone,) = greedy(net, feats[image:image + 1], VOCAB, max_length=9)
+        assert together[image].tokens == alone.tokens
+        assert together[image].log_prob == pytest.approx(alone.log_prob, abs=1e-5)
+        torch.testing.assert_close(together[image].attention, alone.attention)

@@ -86,29 +86,40 @@ def _word_by_word(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, m
     batch, device = features.shape[0], features.device
     state = decoder.start(features)
     tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    chosen, scores, alphas = [], torch.zeros(batch, device=device), []
-    for _ in range(max_length):
+    words = torch.full((batch, max_length), vocab.end_id, dtype=torch.long, device=device)
+    scores, lengths = torch.zeros(batch, device=device), torch.full((batch,), max_length, device=device)
+    attention: torch.Tensor | None = None  # (B, max_length, L)
+    # Rows still writing; a row that has ended is fed <end> and ignored until it leaves the batch (at once when
+    # few rows remain, else once a quarter of the rows have ended: leaving copies the image's features).
+    rows = torch.arange(batch, device=device)
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_length):
         logits, state, alpha = decoder.step(tokens, state)
         log_probs = word_log_probs(logits, vocab)
-        tokens = choose(log_probs)
+        tokens = torch.where(ended, torch.full_like(ended, vocab.end_id, dtype=torch.long), choose(log_probs))
+        writing = rows[~ended]
         picked = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        scores += torch.where(finished, torch.zeros_like(picked), picked)
-        tokens = torch.where(finished, torch.full_like(tokens, vocab.end_id), tokens)
-        chosen.append(tokens)
+        scores[writing] += picked[~ended]
+        words[writing, step] = tokens[~ended]
         if alpha is not None:
-            alphas.append(alpha)
-        finished |= tokens == vocab.end_id
-        if finished.all():
+            if attention is None:
+                attention = alpha.new_zeros(batch, max_length, alpha.shape[1])
+            attention[writing, step] = alpha[~ended].to(attention.dtype)
+        now_ended = ~ended & (tokens == vocab.end_id)
+        lengths[rows[now_ended]] = step + 1
+        ended |= now_ended
+        if bool(ended.all()):
             break
-    ids = torch.stack(chosen, 1).tolist()  # (B, steps)
-    attention = torch.stack(alphas, 1) if alphas else None  # (B, steps, L)
+        count = int(ended.sum())
+        if count and (len(rows) <= 4 or 4 * count >= len(rows)):
+            stay = (~ended).nonzero().squeeze(1)
+            state, tokens, rows = decoder.select(state, stay), tokens[stay], rows[stay]
+            ended = ended[stay]
     results = []
-    for row, sequence in enumerate(ids):
-        ended = vocab.end_id in sequence
-        length = sequence.index(vocab.end_id) + 1 if ended else len(sequence)
+    for row, (sequence, length) in enumerate(zip(words.tolist(), lengths.int().tolist())):
+        ended_here = length <= max_length and sequence[length - 1] == vocab.end_id
         score = float(scores[row])
-        results.append(Decoded(sequence[:length - 1] if ended else sequence, score,
+        results.append(Decoded(sequence[:length - 1] if ended_here else sequence[:length], score,
                                attention[row, :length].cpu() if attention is not None else None, score))
     return results
 
