@@ -13,7 +13,7 @@ def config(decoder: str, **options) -> DecoderConfig:
 
 @pytest.mark.parametrize("decoder, options", [("lstm", {}), ("gru", {}), ("lstm", {"image_init": "state"}),
                                               ("gru", {"num_layers": 2}), ("attention", {}),
-                                              ("attention", {"deep_output": True})])
+                                              ("attention", {"deep_output": True, "embed_dropout": 0.5})])
 def test_step_interface_matches_teacher_forcing(decoder: str, options: dict) -> None:
     """Running step() word by word gives the same logits as the teacher-forced forward pass."""
     torch.manual_seed(0)

@@ -161,6 +161,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
          help="lstm/gru: the image is the first input (default) or the initial state")
     flag(model, "--deep_output", action="store_true",
          help="attention: read each word from h, the attended context and the previous word (Xu et al.)")
+    flag(model, "--embed_dropout", type=float, default=0.0, help="attention: dropout on the word embeddings")
     flag(model, "--alpha_c", type=float, default=1.0, help="attention: doubly stochastic regularisation weight")
     optim = train.add_argument_group("optimisation")
     flag(optim, "--epochs", type=int, default=10)

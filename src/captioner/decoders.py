@@ -37,6 +37,7 @@ class DecoderConfig:
     drop_prob: float = 0.5
     image_init: str = "input"  # show-and-tell: image as first "input" or as the initial "state"
     deep_output: bool = False  # attention: words come from h, the attended context and the previous word
+    embed_dropout: float = 0.0  # attention: dropout on the word embeddings in training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +160,7 @@ class SoftAttention(Decoder):
         self.from_word = nn.Linear(E, 4 * H, bias=False)
         self.from_context = nn.Linear(C, 4 * H, bias=False)
         self.dropout = nn.Dropout(config.drop_prob)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.deep_output = config.deep_output
         if self.deep_output:
             self.output_hidden = nn.Linear(H, E)
@@ -201,7 +203,7 @@ class SoftAttention(Decoder):
         """features (B, L, C); captions (B, T) -> logits (B, T-1, V) and attention weights (B, T-1, L)."""
         state = self.start(features)
         dtype = state["features"].dtype  # the compute precision
-        words = self.embed(captions[:, :-1])  # (B, T-1, E)
+        words = self.embed_dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
         word_gates = self.from_word(words)  # (B, T-1, 4H): one matmul for all steps
         hidden_weight = SharedWeight(self.from_hidden.weight, dtype)
         context_weight = SharedWeight(self.from_context.weight, dtype)

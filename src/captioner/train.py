@@ -69,6 +69,7 @@ class TrainConfig:
     image_init: str = "input"
     alpha_c: float = 1.0
     deep_output: bool = False
+    embed_dropout: float = 0.0
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 4e-4
@@ -165,7 +166,8 @@ class Trainer:
         h, w, channels = self.store.grid_shape
         self.model_config = DecoderConfig(config.decoder, len(self.vocab), channels, config.embed_size,
                                           config.hidden_size, config.attention_dim, config.num_layers,
-                                          config.drop_prob, config.image_init, config.deep_output)
+                                          config.drop_prob, config.image_init, config.deep_output,
+                                          config.embed_dropout)
         # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers,
         # and the same seed must give the same run whether or not the cache existed.
         torch.manual_seed(config.seed)
