@@ -117,7 +117,7 @@ def _word_by_word(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, m
             ended = ended[stay]
     results = []
     for row, (sequence, length) in enumerate(zip(words.tolist(), lengths.int().tolist())):
-        ended_here = length <= max_length and sequence[length - 1] == vocab.end_id
+        ended_here = sequence[length - 1] == vocab.end_id
         score = float(scores[row])
         results.append(Decoded(sequence[:length - 1] if ended_here else sequence[:length], score,
                                attention[row, :length].cpu() if attention is not None else None, score))
