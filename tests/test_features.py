@@ -162,3 +162,17 @@ def test_a_full_disk_is_a_clear_error_and_the_old_cache_stays(tmp_path: Path, mo
     again = FeatureStore.open(tmp_path / "cache")
     np.testing.assert_array_equal(np.array(again.grid), before)
     assert not (tmp_path / "cache.partial").exists()
+
+
+def test_a_cache_with_flipped_rows_serves_plain_requests(tmp_path: Path, monkeypatch) -> None:
+    """Training with --augment_flip into a --cache_dir, then evaluating from that folder (no flips wanted),
+    used to be refused as "built with other settings"; new images are then added with their flips."""
+    images = photos(tmp_path / "img", 4)
+    flipped = extract(images[:3], tmp_path / "cache", flip=True)
+    grid = np.array(flipped.grid)
+    monkeypatch.setattr(features, "_build", lambda *a, **k: pytest.fail("rebuilt a valid cache"))
+    plain = extract(images[:3], tmp_path / "cache")
+    np.testing.assert_array_equal(np.array(plain.grid), grid)
+    monkeypatch.undo()
+    grown = extract(images, tmp_path / "cache")
+    assert grown.covers(images) and grown.grid_flip is not None and grown.grid_flip.shape[0] == 4

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +207,8 @@ def extract_features(
     existing = None
     manifest = read_manifest(folder)
     if manifest is not None:
+        if not flip and manifest["settings"].get("flip"):
+            settings = replace(settings, flip=True)  # a cache with flipped rows holds the plain ones too
         differences = settings.differences(manifest["settings"])
         if differences:
             raise CaptionerError(f"the feature cache {folder} was built with other settings ("
