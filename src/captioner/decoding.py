@@ -147,7 +147,6 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
     # The rows computed are those of images still searching: `images` maps them back to the batch; images
     # that are done leave the batch (at once when few images remain, else once a quarter is done).
     images = list(range(batch))
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
 
     def rank(log_prob: float, length: int) -> float:
         return log_prob / (max(length, 1) ** length_penalty) if length_penalty else log_prob
