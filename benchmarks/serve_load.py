@@ -10,11 +10,10 @@ the error count, which must be 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,24 +22,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-
-def start_server(model_path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--model_path", str(model_path),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            sys.exit(f"the server stopped: {process.stderr.read().decode()}")
-        time.sleep(0.2)
-    sys.exit("the server did not start within a minute")
+from captioner.serve.background import ServerDidNotStart, running_server
 
 
 def payloads(data_dir: Path, count: int, synthetic: bool) -> list[tuple[str, bytes]]:
@@ -66,10 +48,16 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
     parser.add_argument("--synthetic", action="store_true", help="upload generated JPEGs instead of Flickr8k")
     args = parser.parse_args()
-    process, url = start_server(args.model_path) if args.model_path else (None, args.url.rstrip("/"))
     images = payloads(args.data_dir, min(args.requests, 200), args.synthetic)
     latencies, errors = [], []
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.model_path:
+            try:
+                url = stack.enter_context(running_server(args.model_path)).url
+            except ServerDidNotStart as error:
+                sys.exit(str(error))
+        else:
+            url = args.url.rstrip("/")
         with httpx.Client(timeout=120) as client:
             def one(number: int) -> None:
                 name, data = images[number % len(images)]
@@ -90,10 +78,6 @@ def main() -> None:
                 list(pool.map(one, range(args.requests)))
             elapsed = time.perf_counter() - started
             health = client.get(f"{url}/api/health").json()
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=10)
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     print(f"machine: {platform.processor() or platform.machine()}; {args.requests} requests, {args.concurrency} at a "

@@ -10,12 +10,7 @@ photo, points at a word, rates a caption, and saves caption_page.png and review_
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
@@ -23,26 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
-
-@contextmanager
-def server(model_path: Path, eval_dir: Path | None = None):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "captioner", "serve", "--model_path", str(model_path), "--port", str(port)]
-    process = subprocess.Popen(command + (["--eval_dir", str(eval_dir)] if eval_dir else []))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{url}/api/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait()
+from captioner.serve.background import running_server
 
 
 def browser(width: int, height: int) -> webdriver.Chrome:
@@ -65,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     driver = browser(1280, 860)
     try:
-        with server(args.model_path) as url:
+        with running_server(args.model_path) as server:
+            url = server.url
             driver.get(url + "/")
             driver.find_element(By.ID, "file").send_keys(str(args.photo.resolve()))
             caption = WebDriverWait(driver, 60).until(ready.visibility_of_element_located((By.ID, "caption-text")))
@@ -73,7 +50,8 @@ def main() -> None:
             webdriver.ActionChains(driver).move_to_element(words[min(args.word, len(words) - 1)]).perform()
             time.sleep(0.5)
             driver.save_screenshot(str(args.output / "caption_page.png"))
-        with server(args.review_model, args.eval_dir) as url:
+        with running_server(args.review_model, "--eval_dir", str(args.eval_dir)) as server:
+            url = server.url
             driver.get(url + "/review")
             first = WebDriverWait(driver, 60).until(ready.visibility_of_element_located((By.CSS_SELECTOR, "article.item")))
             first.find_element(By.CSS_SELECTOR, "input[name^='fluency'][value='4']").find_element(By.XPATH, "..").click()

@@ -6,42 +6,23 @@ from __future__ import annotations
 
 import io
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from captioner.serve.background import running_server
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--model_path", str(tiny_checkpoint),
-                                "--port", str(port), "--max_upload_mb", "1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{url}/api/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield url, port, process
-    process.terminate()
-    process.wait(timeout=10)
+    with running_server(tiny_checkpoint, "--max_upload_mb", "1") as running:
+        yield running.url, running.port, running.process
 
 
 def png() -> bytes:

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from captioner.cli import main
+from captioner.serve.background import running_server
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()),
@@ -26,34 +22,13 @@ from selenium.webdriver.support import expected_conditions as ready  # noqa: E40
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, tmp_path_factory):
     evaluation = tmp_path_factory.mktemp("browser") / "eval"
     assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "8",
                  "--output_dir", str(evaluation)]) == 0
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--model_path", str(tiny_checkpoint),
-                                "--eval_dir", str(evaluation), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/health", timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"the server stopped: {process.stdout.read()}")
-            time.sleep(0.2)
-    yield url, evaluation
-    process.terminate()
-    process.wait(timeout=10)
+    with running_server(tiny_checkpoint, "--eval_dir", str(evaluation)) as running:
+        yield running.url, evaluation
 
 
 @pytest.fixture(scope="module")
