@@ -89,8 +89,8 @@ def _word_by_word(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, m
     words = torch.full((batch, max_length), vocab.end_id, dtype=torch.long, device=device)
     scores, lengths = torch.zeros(batch, device=device), torch.full((batch,), max_length, device=device)
     attention: torch.Tensor | None = None  # (B, max_length, L)
-    # Rows still writing; a row that has ended is fed <end> and ignored until it leaves the batch (at once when
-    # few rows remain, else once a quarter of the rows have ended: leaving copies the image's features).
+    # Rows still writing; a row that has ended is fed <end> and ignored until it leaves the batch
+    # (see _worth_compacting).
     rows = torch.arange(batch, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_length):
@@ -111,7 +111,7 @@ def _word_by_word(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, m
         if bool(ended.all()):
             break
         count = int(ended.sum())
-        if count and (len(rows) <= 4 or 4 * count >= len(rows)):
+        if _worth_compacting(count, len(rows)):
             stay = (~ended).nonzero().squeeze(1)
             state, tokens, rows = decoder.select(state, stay), tokens[stay], rows[stay]
             ended = ended[stay]
@@ -145,7 +145,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
     attention: torch.Tensor | None = None  # (B*K, steps, L)
     finished: list[list[tuple[float, Decoded]]] = [[] for _ in range(batch)]
     # The rows computed are those of images still searching: `images` maps them back to the batch; images
-    # that are done leave the batch (at once when few images remain, else once a quarter is done).
+    # that are done leave it (see _worth_compacting).
     images = list(range(batch))
 
     def rank(log_prob: float, length: int) -> float:
@@ -189,7 +189,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
         if bool(now_done.all()):
             images = []
             break
-        if bool(now_done.any()) and (live <= 4 or 4 * int(now_done.sum()) >= live):
+        if _worth_compacting(int(now_done.sum()), live):
             stay = (~now_done).nonzero().squeeze(1)
             stay_rows = (stay.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
             state = decoder.select(state, stay_rows)
@@ -212,6 +212,12 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
         hypotheses.sort(key=lambda item: item[0], reverse=True)
         results.append([_with_score(decoded, ranked) for ranked, decoded in hypotheses[:num_captions]])
     return results
+
+
+def _worth_compacting(done: int, live: int) -> bool:
+    """Whether finished rows should leave the batch now: at once when few remain, else once a quarter of
+    them are done (leaving copies the remaining rows' state, image features included)."""
+    return done > 0 and (live <= 4 or 4 * done >= live)
 
 
 def _with_score(decoded: Decoded, score: float) -> Decoded:
