@@ -23,7 +23,7 @@ from captioner.data.formats import load_dataset
 from captioner.data.records import Dataset
 from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
 from captioner.decoders import DecoderConfig, build_decoder
-from captioner.decoding import greedy
+from captioner.decoding import DecodeSettings, decode, greedy
 from captioner.devices import autocast, keep_freed_memory, pick_device
 from captioner.distributed import Processes, start_processes, stop_processes
 from captioner.errors import CaptionerError
@@ -418,9 +418,8 @@ class Trainer:
         for start in range(0, len(records), 250):
             chunk = records[start:start + 250]
             features = self._features_of_rows([self.store.row(r.image) for r in chunk])
-            with autocast(self.device, self.config.amp):  # as `captioner evaluate` decodes (decoding.decode)
-                decoded_chunk = greedy(self.decoder, features, self.vocab, self.config.max_length)
-            for offset, decoded in enumerate(decoded_chunk):
+            settings = DecodeSettings("greedy", max_length=self.config.max_length, amp=self.config.amp)
+            for offset, (decoded,) in enumerate(decode(self.decoder, features, self.vocab, settings)):
                 key = start + offset
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
                 references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
