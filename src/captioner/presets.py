@@ -8,7 +8,7 @@ from __future__ import annotations
 PRESETS: dict[str, dict[str, object]] = {
     # Soft attention with a deep output layer and word-embedding dropout on flip-augmented efficientnet_lite2
     # features, label smoothing and a cosine schedule, best epoch by dev CIDEr, then three epochs of
-    # self-critical training on CIDEr-D from the best epoch. 37.5 minutes on a 2-core CPU, extraction
+    # self-critical training on CIDEr-D from the best epoch. MINUTES minutes on a 2-core CPU, extraction
     # included (README results table); evaluate with
     # `captioner evaluate --model_path RUN/best.pt --beam_size 3 --length_penalty 1` (chosen on dev).
     "flickr8k_best": {
@@ -25,12 +25,12 @@ PRESETS: dict[str, dict[str, object]] = {
         "label_smoothing": 0.1,
         "batch_size": 64,
         "learning_rate": 5e-4,
-        "epochs": 12,
+        "epochs": 15,
         "use_scheduler": True,
         "scheduler_type": "cosine",
         "min_lr": 1e-5,
         "best_metric": "CIDEr",
-        "early_stopping_patience": 4,
+        "early_stopping_patience": 3,
         "scst_epochs": 3,
         "scst_lr": 2e-5,
     },
