@@ -236,3 +236,24 @@ def test_a_resumed_run_stops_early_where_the_original_would(shapes: Path, tmp_pa
     resumed = history(Trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{stopped_at - 1}.pt")),
                               ["captioner"]).run())
     assert resumed[-1]["epoch"] == stopped_at
+
+
+def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_later_best(shapes: Path,
+                                                                                       tmp_path: Path) -> None:
+    options = dict(epochs=3, scst_epochs=1, scst_samples=3, best_metric="CIDEr", keep_checkpoints=10, max_images=40)
+    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    best_xe = max((e for e in history(run) if e["objective"] == "cross-entropy"), key=lambda e: e["CIDEr"])["epoch"]
+    assert best_xe < 3, "the scenario needs a best cross-entropy epoch before the last one"
+    save_checkpoint(run / "best.pt", load_checkpoint(run / "model_epoch_4.pt"))  # as when self-critical improved
+    expected = load_checkpoint(run / f"model_epoch_{best_xe}.pt")["model"]
+
+    for resumed_from in (3, best_xe):  # after the best epoch, and the best epoch itself
+        trainer = Trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{resumed_from}.pt")),
+                          ["captioner"])
+        weights = trainer._best_cross_entropy_weights()
+        assert all(torch.equal(weights[name], expected[name]) for name in expected)
+
+    (run / f"model_epoch_{best_xe}.pt").unlink()
+    trainer = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_3.pt")), ["captioner"])
+    with pytest.raises(CaptionerError, match=f"best cross-entropy epoch {best_xe}"):
+        trainer._best_cross_entropy_weights()

@@ -252,10 +252,7 @@ class Trainer:
     def _start_self_critical(self) -> None:
         """Continue from the best cross-entropy weights with a fresh, small, constant learning rate."""
         c = self.config
-        best = self.best_weights
-        parent_best = Path(c.resume).parent / "best.pt" if c.resume else None
-        if best is None and parent_best is not None and parent_best.exists():
-            best = load_checkpoint(parent_best)["model"]
+        best = self._best_cross_entropy_weights()
         if best is not None:
             self.decoder.load_state_dict(best)
         self.optimizer.state.clear()
@@ -263,6 +260,23 @@ class Trainer:
             group["lr"] = c.scst_lr
         self.log(f"self-critical training (CIDEr-D reward, {c.scst_samples} samples per image) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
+
+    def _best_cross_entropy_weights(self) -> dict | None:
+        """The weights of the best cross-entropy epoch (None: none known, keep the current ones). A resumed run
+        that has not improved since finds them in its parent's folder: in best.pt, unless self-critical epochs
+        run there before replaced it (resuming an earlier checkpoint of a finished run), then in that epoch's
+        checkpoint."""
+        if self.best_weights is not None or not self.config.resume or self.best_epoch == 0:
+            return self.best_weights
+        folder = Path(self.config.resume).parent
+        for candidate in (folder / "best.pt", folder / f"model_epoch_{self.best_epoch}.pt"):
+            if candidate.exists():
+                checkpoint = load_checkpoint(candidate)
+                if checkpoint["epoch"] == self.best_epoch:
+                    return checkpoint["model"]
+        raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {self.best_epoch}, "
+                             f"but {folder} holds it neither in best.pt nor in model_epoch_{self.best_epoch}.pt "
+                             "(removed by --keep_checkpoints?)")
 
     def _restore(self, checkpoint: dict) -> None:
         source = self.config.resume
@@ -288,6 +302,8 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         if checkpoint.get("best_metric", "val_loss") == self.config.best_metric:
             self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
+            if self.config.scst_epochs and self.best_epoch == checkpoint["epoch"]:
+                self.best_weights = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
             if self.config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
                 self.patience_left = min(checkpoint["patience_left"], self.config.early_stopping_patience)
         self.history = list(checkpoint.get("history", []))
