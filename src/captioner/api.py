@@ -108,10 +108,13 @@ class Captioner:
         that cannot be read gets a result with `error` set instead of stopping the batch."""
         settings = DecodeSettings(strategy, beam_size, max_length, length_penalty, no_repeat_ngram, temperature,
                                   top_k, top_p, num_captions, seed)
-        results = []
+        return [result for batch in self.caption_batches(images, settings, batch_size) for result in batch]
+
+    def caption_batches(self, images: ImageInput | Iterable[ImageInput], settings: DecodeSettings,
+                        batch_size: int | None = None) -> Iterator[list[CaptionResult]]:
+        """The results of caption(), one batch at a time as each is done (for progress bars and streaming)."""
         for batch in _batches(expand_inputs(images), batch_size or self.default_batch_size):
-            results.extend(self.caption_batch(batch, settings))
-        return results
+            yield self.caption_batch(batch, settings)
 
     def caption_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings) -> list[CaptionResult]:
         results, pixels, readable = [], [], []

@@ -345,9 +345,7 @@ def run_caption(args: argparse.Namespace) -> int:
     items = list(expand_inputs(expand_image_arguments(args.images)))
     results = []
     with tqdm(total=len(items), unit="img", desc="captioning", disable=None if len(items) > 1 else True) as bar:
-        size = args.batch_size or captioner.default_batch_size
-        for start in range(0, len(items), size):
-            batch = captioner.caption_batch(items[start:start + size], settings)
+        for batch in captioner.caption_batches([source for _, source in items], settings, args.batch_size):
             results.extend(batch)
             bar.update(len(batch))
     text = format_results(results, args.format)
@@ -408,12 +406,7 @@ def _fill_alt_text(args: argparse.Namespace, captioner, settings) -> int:
         raise CaptionerError(f"--alt-text-into {page}: no such page")
 
     def caption_images(paths: list[Path]) -> list[str | None]:
-        results = []
-        size = args.batch_size or captioner.default_batch_size
-        for start in range(0, len(paths), size):
-            batch = [(str(p), p) for p in paths[start:start + size]]
-            results += [r.text for r in captioner.caption_batch(batch, settings)]
-        return results
+        return [result.text for batch in captioner.caption_batches(paths, settings, args.batch_size) for result in batch]
 
     new_page, notes = fill_missing_alt(page, caption_images)
     target = args.output or page.with_name(f"{page.stem}.alt{page.suffix}")
