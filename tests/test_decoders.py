@@ -40,6 +40,29 @@ def test_select_reorders_every_state_tensor() -> None:
     torch.testing.assert_close(picked["h"][2], state["h"][0])
 
 
+@pytest.mark.parametrize("decoder", ["attention", "lstm"])
+def test_rows_per_image_step_like_copies_of_the_image(decoder: str) -> None:
+    """Beams (or samples) sharing their image's features decode exactly as if each had its own copy."""
+    torch.manual_seed(0)
+    model = build_decoder(config(decoder, deep_output=decoder == "attention")).eval()
+    features = torch.randn(2, 5, 8) if model.uses_grid else torch.randn(2, 8)
+    shared = model.with_rows_per_image(model.start(features), 3)
+    copied = model.start(features.repeat_interleave(3, dim=0))
+    if model.uses_grid:
+        assert shared["features"].shape[0] == 2  # not copied
+    tokens = torch.randint(4, 20, (6,))
+    for _ in range(3):
+        shared_logits, shared, shared_alpha = model.step(tokens, shared)
+        copied_logits, copied, copied_alpha = model.step(tokens, copied)
+        torch.testing.assert_close(shared_logits, copied_logits)
+        if model.uses_grid:
+            torch.testing.assert_close(shared_alpha, copied_alpha)
+        tokens = shared_logits.argmax(1)
+    # keeping image 1 only: its rows 3..5 and its own entries
+    kept = model.select(shared, torch.tensor([3, 4, 5]), torch.tensor([1]))
+    torch.testing.assert_close(model.step(tokens[3:], kept)[0], model.step(tokens, shared)[0][3:])
+
+
 @pytest.mark.parametrize("deep_output", [False, True])
 def test_training_pass_gradients_equal_those_of_the_step_by_step_pass(deep_output: bool) -> None:
     """forward() computes the recurrent weights' gradients its own way (SharedWeight); they must be the same."""

@@ -4,7 +4,8 @@ Every decoder shares one step interface, so every decoding strategy works with e
 
     state = decoder.start(features)                 # features: pooled (B, C) or grid (B, L, C)
     logits, state, alpha = decoder.step(tokens, state)   # tokens (B,) -> logits (B, V); alpha (B, L) or None
-    state = decoder.select(state, index)            # reorder / repeat along the batch (beam search)
+    state = decoder.with_rows_per_image(state, K)   # K rows (beams, samples) per image
+    state = decoder.select(state, rows, images)     # keep / reorder rows (beam search)
 
 `forward(features, captions)` is the teacher-forced pass used in training: logits for every position.
 """
@@ -47,7 +48,10 @@ class Decoder(nn.Module):
     """What decoding strategies rely on."""
 
     uses_grid: bool = False
-    fixed_state: tuple[str, ...] = ()  # state entries that never change after start() (the image's own data)
+    # State entries that never change after start(): the image's own data (its features). They keep one row
+    # per image, shared by all of the image's rows of changing state (its beams or samples), so several rows
+    # per image cost no copies of the features.
+    per_image_state: tuple[str, ...] = ()
 
     def _prepare(self, features: torch.Tensor) -> torch.Tensor:
         """Features arrive as stored (float16 from the cache); cast them once to the precision matmuls run in:
@@ -62,14 +66,22 @@ class Decoder(nn.Module):
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         raise NotImplementedError
 
-    @staticmethod
-    def select(state: State, index: torch.Tensor) -> State:
-        return {name: value.index_select(0, index) for name, value in state.items()}
+    def with_rows_per_image(self, state: State, count: int) -> State:
+        """`count` rows of changing state per image (image by image, its rows together), from start()'s one."""
+        return {name: value if name in self.per_image_state else value.repeat_interleave(count, dim=0)
+                for name, value in state.items()}
+
+    def select(self, state: State, rows: torch.Tensor, images: torch.Tensor | None = None) -> State:
+        """Keep (or reorder) these rows of changing state and these images' own entries; by default the same
+        index for both, as when every image has one row."""
+        images = rows if images is None else images
+        return {name: value.index_select(0, images if name in self.per_image_state else rows)
+                for name, value in state.items()}
 
     def reorder_beams(self, state: State, index: torch.Tensor) -> State:
-        """select() for an index that only moves rows among the beams of the same image: the fixed entries
-        are the same for all of an image's beams, so they stay where they are (no copy of the features)."""
-        return {name: value if name in self.fixed_state else value.index_select(0, index)
+        """select() for an index that only moves rows among the rows of the same image: the image's own
+        entries stay as they are."""
+        return {name: value if name in self.per_image_state else value.index_select(0, index)
                 for name, value in state.items()}
 
 
@@ -145,7 +157,7 @@ class SoftAttention(Decoder):
     """
 
     uses_grid = True
-    fixed_state = ("features", "projected")
+    per_image_state = ("features", "projected")
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -179,12 +191,15 @@ class SoftAttention(Decoder):
               ) -> tuple[State, torch.Tensor, torch.Tensor]:
         """One LSTM step; returns the new state, the attention weights and the (gated) context."""
         query, gate, recurrent = from_hidden(state["h"]).split(self.splits, dim=1)
-        # attention energies in fp32: bf16 tanh over (B, L, A) is slower on CPU and no more accurate
+        projected, features = state["projected"], state["features"]  # one row per image: (I, L, A), (I, L, C)
+        images, rows = projected.shape[0], query.shape[0]  # rows: images x their beams (or samples)
+        # attention energies in fp32: bf16 tanh over (I, R, L, A) is slower on CPU and no more accurate
         with torch.autocast(query.device.type, enabled=False):
-            energy = (state["projected"] + query.float().unsqueeze(1)).tanh_()  # (B, L, A)
-            alpha = torch.softmax(energy.matmul(self.attention_score.weight.squeeze(0)), dim=1)  # (B, L)
-        features = state["features"]
-        context = torch.bmm(alpha.unsqueeze(1).to(features.dtype), features).squeeze(1)  # (B, C)
+            query = query.float().view(images, rows // images, 1, -1)  # (I, R, 1, A)
+            energy = (projected.unsqueeze(1) + query).tanh_()  # (I, R, L, A)
+            alpha = torch.softmax(energy.matmul(self.attention_score.weight.squeeze(0)), dim=-1)  # (I, R, L)
+        context = torch.bmm(alpha.to(features.dtype), features).view(rows, -1)  # (I*R, C)
+        alpha = alpha.view(rows, -1)
         context = context * torch.sigmoid(gate)
         gates = word_gates + recurrent + from_context(context)  # (B, 4H), LSTM gate order i, f, g, o
         i, f, g, o = gates.float().chunk(4, dim=1)

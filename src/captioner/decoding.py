@@ -136,7 +136,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
     still beat them; an image with no finished caption at the length limit gets its best live beams.
     """
     batch, K, device = features.shape[0], beam_size, features.device
-    state = decoder.select(decoder.start(features), torch.arange(batch, device=device).repeat_interleave(K))
+    state = decoder.with_rows_per_image(decoder.start(features), K)
     tokens = torch.full((batch * K,), vocab.start_id, dtype=torch.long, device=device)
     # only the first beam of each image is live at the start, so its K copies do not fill the beam with twins
     scores = torch.full((batch, K), float("-inf"), device=device)
@@ -192,7 +192,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, bea
         if _worth_compacting(int(now_done.sum()), live):
             stay = (~now_done).nonzero().squeeze(1)
             stay_rows = (stay.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
-            state = decoder.select(state, stay_rows)
+            state = decoder.select(state, stay_rows, stay)
             tokens, history, scores = tokens[stay_rows], history[stay_rows], scores[stay]
             attention = attention[stay_rows] if attention is not None else None
             images = [images[i] for i in stay.tolist()]
