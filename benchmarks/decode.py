@@ -55,25 +55,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", type=Path, required=True)
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--batch_size", type=int, default=16, help="images per batch end to end (the API's CPU default)")
+    parser.add_argument("--batch_size", type=int, help="images per batch end to end (default: the API's, 64)")
     parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
     args = parser.parse_args()
     if not (args.data_dir / "Images").is_dir():
         sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
     captioner = Captioner.load(args.model_path)
     images = [r.image for r in load_dataset("flickr8k", args.data_dir).split("test")][: args.images]
-    end_to_end(captioner, images[:args.batch_size], "beam", args.batch_size)  # warm-up
+    batch_size = args.batch_size or captioner.default_batch_size
+    end_to_end(captioner, images[:batch_size], "beam", batch_size)  # warm-up
     rows = [
-        ("encoder forward only (random tensors)", bare_encoder(captioner, 16, max(1, args.images // 16))),
+        ("encoder forward only (random tensors)", bare_encoder(captioner, captioner.encoder_batch_size,
+                                                               max(1, args.images // captioner.encoder_batch_size))),
         ("greedy from cached features", from_features(captioner, images, DecodeSettings("greedy"), 100)),
         ("beam 3 from cached features", from_features(captioner, images, DecodeSettings("beam", 3), 100)),
-        ("greedy end to end from JPEG", end_to_end(captioner, images, "greedy", args.batch_size)),
-        ("beam 3 end to end from JPEG", end_to_end(captioner, images, "beam", args.batch_size)),
+        ("greedy end to end from JPEG", end_to_end(captioner, images, "greedy", batch_size)),
+        ("beam 3 end to end from JPEG", end_to_end(captioner, images, "beam", batch_size)),
     ]
     config = captioner.model.decoder.config
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; {captioner.model.encoder_name} + {config.decoder} decoder "
-          f"(hidden {config.hidden_size}), {len(images)} Flickr8k test images, batch {args.batch_size}")
+          f"(hidden {config.hidden_size}), {len(images)} Flickr8k test images, batch {batch_size} end to end "
+          f"(encoder batch {captioner.encoder_batch_size}), 100 from cached features")
     print(f"{'':<40} {'images/s':>9}")
     for name, speed in rows:
         print(f"{name:<40} {speed:>9.1f}")

@@ -314,7 +314,8 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> None:
          help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
     flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    flag(caption, "--batch_size", type=int, help="images per batch (default 16 on CPU, 64 on CUDA)")
+    flag(caption, "--batch_size", type=int, help="images decoded together (default 64; the encoder runs them "
+         "16 at a time on a CPU, 64 on CUDA)")
     add_decoding_args(caption)
     caption.set_defaults(run=run_caption)
 

@@ -20,6 +20,7 @@ from torch import nn
 from captioner.shared_linear import SharedWeight
 
 DECODER_TYPES = ("lstm", "gru", "attention")
+ENERGY_CHUNK_ELEMENTS = 2**18  # fp32 attention energies computed at once when decoding on a CPU: 1 MB
 
 State = dict[str, torch.Tensor]  # every tensor has the batch on dim 0
 
@@ -195,9 +196,7 @@ class SoftAttention(Decoder):
         images, rows = projected.shape[0], query.shape[0]  # rows: images x their beams (or samples)
         # attention energies in fp32: bf16 tanh over (I, R, L, A) is slower on CPU and no more accurate
         with torch.autocast(query.device.type, enabled=False):
-            query = query.float().view(images, rows // images, 1, -1)  # (I, R, 1, A)
-            energy = (projected.unsqueeze(1) + query).tanh_()  # (I, R, L, A)
-            alpha = torch.softmax(energy.matmul(self.attention_score.weight.squeeze(0)), dim=-1)  # (I, R, L)
+            alpha = self._attention_weights(projected, query.float().view(images, rows // images, 1, -1))
         context = torch.bmm(alpha.to(features.dtype), features).view(rows, -1)  # (I*R, C)
         alpha = alpha.view(rows, -1)
         context = context * torch.sigmoid(gate)
@@ -206,6 +205,19 @@ class SoftAttention(Decoder):
         c = torch.sigmoid(f) * state["c"] + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return {**state, "h": h, "c": c}, alpha, context
+
+    def _attention_weights(self, projected: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """projected (I, L, A), query (I, R, 1, A) -> softmax over the regions of w . tanh(projected + query),
+        (I, R, L). Decoding on a CPU computes the energies a few images at a time, so that they stay in the
+        core's cache instead of making a round trip through memory (beam 3 on a 2-core CPU, ms per image:
+        at batch 64, 2.3 in 1 MB pieces, 2.8 in 8 MB ones; at batch 100, 2.4 against 4.1 all at once)."""
+        score = self.attention_score.weight.squeeze(0)
+        if torch.is_grad_enabled() or projected.device.type != "cpu":
+            return torch.softmax((projected.unsqueeze(1) + query).tanh_().matmul(score), dim=-1)
+        per_chunk = max(1, ENERGY_CHUNK_ELEMENTS // (query.shape[1] * projected[0].numel()))
+        scores = [(part.unsqueeze(1) + part_query).tanh_().matmul(score)
+                  for part, part_query in zip(projected.split(per_chunk), query.split(per_chunk))]
+        return torch.softmax(torch.cat(scores) if len(scores) > 1 else scores[0], dim=-1)
 
     def _logits(self, h: torch.Tensor, context: torch.Tensor, words: torch.Tensor, dropout: bool) -> torch.Tensor:
         """h (..., H), context (..., C), embedded previous words (..., E) -> logits (..., V). Dropout belongs to
