@@ -34,8 +34,7 @@ class SelfCritical:
     def loss(self, decoder: Decoder, features: torch.Tensor, rows: list[int], max_length: int
              ) -> tuple[torch.Tensor, float]:
         """Policy-gradient loss for one batch of images (features (B, ...)), and the mean reward (CIDEr-D)."""
-        expanded = features.repeat_interleave(self.samples, dim=0)  # (B*S, ...)
-        tokens, log_probs, mask = self._sample(decoder, expanded, max_length)
+        tokens, log_probs, mask = self._sample(decoder, features, max_length)  # (B*S, T): an image's samples together
         rewards = torch.tensor([self.cider.score(rows[index // self.samples], self._words(sequence))
                                 for index, sequence in enumerate(tokens.tolist())], device=features.device)
         grouped = rewards.view(-1, self.samples)
@@ -47,10 +46,10 @@ class SelfCritical:
 
     def _sample(self, decoder: Decoder, features: torch.Tensor, max_length: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sampled tokens (N, T), their log-probabilities (N, T) with gradients, and a mask of the steps that
-        count (the words and the <end>, nothing after it)."""
-        batch, device = features.shape[0], features.device
-        state = decoder.start(features)
+        """`samples` sampled captions per image: tokens (N, T), their log-probabilities (N, T) with gradients,
+        and a mask of the steps that count (the words and the <end>, nothing after it)."""
+        batch, device = features.shape[0] * self.samples, features.device
+        state = decoder.with_rows_per_image(decoder.start(features), self.samples)
         previous = torch.full((batch,), self.vocab.start_id, dtype=torch.long, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         tokens, log_probs, masks = [], [], []
