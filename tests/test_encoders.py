@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,6 +27,18 @@ def test_pretrained_weights_recognise_real_photos(name: str) -> None:
     top5 = encoder.classify(photos).topk(5).indices.tolist()
     assert {ESPRESSO, COFFEE_MUG, CUP} & set(top5[0])
     assert CATS & set(top5[1])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_prepare_normalizes_each_channel_with_the_encoders_mean_and_std(name: str) -> None:
+    spec = get_spec(name)
+    image = Image.fromarray(torch.randint(0, 256, (9, 7, 3), dtype=torch.uint8).numpy())
+    prepared = spec.prepare(image, 5, flip=True)
+    flipped = image.resize((5, 5), Image.BILINEAR).transpose(Image.FLIP_LEFT_RIGHT)
+    resized = torch.from_numpy(np.asarray(flipped, dtype=np.float32).copy()).permute(2, 0, 1)
+    expected = (resized / 255.0 - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
+    assert prepared.shape == (3, 5, 5) and prepared.dtype == torch.float32
+    assert torch.equal(prepared, expected)  # exactly: cached features and live captioning must agree
 
 
 def test_grid_shapes_of_the_registry() -> None:
