@@ -18,6 +18,7 @@ import torch
 from captioner.data.formats import load_dataset
 from captioner.data.records import ImageRecord
 from captioner.decoding import DecodeSettings, decode
+from captioner.devices import keep_freed_memory
 from captioner.errors import CaptionerError
 from captioner.features import extract_features
 from captioner.io import atomic_write_text
@@ -40,6 +41,7 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
              encoder_weights: Path | None = None, batch_size: int = 100, use_java: bool | None = None,
              progress: bool = True) -> EvaluationResult:
     """Dataset settings default to the ones the model was trained with."""
+    keep_freed_memory()
     settings = settings or DecodeSettings()
     started = time.perf_counter()
     records, dataset_type = split_records(model, split, dataset_type, data_dir, captions_file, max_images)

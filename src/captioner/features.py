@@ -25,7 +25,7 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from captioner.devices import autocast, pick_device
+from captioner.devices import autocast, keep_freed_memory, pick_device
 from captioner.encoders import Encoder, create_encoder, get_spec
 from captioner.errors import CaptionerError
 from captioner.images import BadImageError, open_rgb
@@ -195,6 +195,7 @@ def extract_features(
     progress: bool = True,
 ) -> FeatureStore:
     """Return a cache holding features of `images`, reusing a valid one and building only what is missing."""
+    keep_freed_memory()
     spec = get_spec(encoder_name)
     size = image_size or spec.image_size
     run_device = pick_device(device)
