@@ -31,14 +31,18 @@ def test_pretrained_weights_recognise_real_photos(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
 def test_prepare_normalizes_each_channel_with_the_encoders_mean_and_std(name: str) -> None:
+    """Exactly torch's float32 (x / 255 - mean) / std, the formula the feature caches were built with: every
+    value of every channel, so cached features and live captioning agree to the bit."""
     spec = get_spec(name)
-    image = Image.fromarray(torch.randint(0, 256, (9, 7, 3), dtype=torch.uint8).numpy())
-    prepared = spec.prepare(image, 5, flip=True)
-    flipped = image.resize((5, 5), Image.BILINEAR).transpose(Image.FLIP_LEFT_RIGHT)
-    resized = torch.from_numpy(np.asarray(flipped, dtype=np.float32).copy()).permute(2, 0, 1)
-    expected = (resized / 255.0 - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
-    assert prepared.shape == (3, 5, 5) and prepared.dtype == torch.float32
-    assert torch.equal(prepared, expected)  # exactly: cached features and live captioning must agree
+    every_value = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=2)  # (16, 16, 3)
+    image = Image.fromarray(every_value)
+    prepared = spec.prepare(image, 16)  # same size: resizing keeps the values
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+    expected = (pixels / 255.0 - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
+    assert prepared.shape == (3, 16, 16) and prepared.dtype == torch.float32
+    assert torch.equal(prepared, expected)
+    flipped = spec.prepare(image, 16, flip=True)
+    assert torch.equal(flipped, expected.flip(2))
 
 
 def test_grid_shapes_of_the_registry() -> None:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -128,21 +129,20 @@ class Captioner:
             yield self.caption_batch(batch, settings)
 
     def caption_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings) -> list[CaptionResult]:
-        # JPEG decoding and resizing release the GIL: the batch's images are read on all cores at once, while
-        # the encoder and decoder wait (reading them *during* the encoder's work only slows it down, measured).
-        # The threads run no torch: each thread that does gets a team of OpenMP threads of its own, which
-        # then spin against the encoder's.
+        # JPEG decoding, resizing and normalizing release the GIL: the batch's images are read on all cores at
+        # once, while the encoder and decoder wait (reading them *during* the encoder's work only slows it
+        # down, measured). The threads run no torch (see EncoderSpec.pixels).
         opened = list(self._readers.map(self._open, batch)) if len(batch) > 1 else [self._open(batch[0])]
         results = [result for result, _ in opened]
-        readable = [(result, resized) for result, resized in opened if resized is not None]
+        readable = [(result, pixels) for result, pixels in opened if pixels is not None]
         if readable:
-            features = self._features([self.encoder.spec.normalize(resized) for _, resized in readable])
+            features = self._features(torch.from_numpy(np.stack([pixels for _, pixels in readable])))
             for (result, _), decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
                 result.captions = [self._caption(d) for d in decoded]
         return results
 
-    def _open(self, item: tuple[str, ImageInput]) -> tuple[CaptionResult, Image.Image | None]:
-        """The image's result (with `error` set if it cannot be read) and the image resized for the encoder."""
+    def _open(self, item: tuple[str, ImageInput]) -> tuple[CaptionResult, np.ndarray | None]:
+        """The image's result (with `error` set if it cannot be read) and its encoder input (3, S, S)."""
         name, source = item
         result = CaptionResult(name)
         try:
@@ -151,7 +151,7 @@ class Captioner:
             result.error = str(error)
             return result, None
         result.size = image.size
-        return result, self.encoder.spec.resize(image, self.image_size)
+        return result, self.encoder.spec.pixels(image, self.image_size)
 
     @functools.cached_property
     def _readers(self) -> ThreadPoolExecutor:
@@ -159,16 +159,14 @@ class Captioner:
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:
         """What the decoder reads for these (RGB) images: (B, L, C) grids for attention, (B, C) otherwise."""
-        return self._features([self.model_input(image) for image in images])
+        return self._features(torch.stack([self.encoder.spec.prepare(image, self.image_size) for image in images]))
 
-    def _features(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalized images (B, 3, S, S) -> what the decoder reads, the encoder running its own batch size."""
         size, device = self.encoder_batch_size, self.model.device
-        encoded = [encode_pixels(self.encoder, torch.stack(pixels[start:start + size]).to(device), device)
+        encoded = [encode_pixels(self.encoder, pixels[start:start + size].to(device), device)
                    [0 if self.uses_attention else 1] for start in range(0, len(pixels), size)]
         return torch.cat(encoded) if len(encoded) > 1 else encoded[0]
-
-    def model_input(self, image: Image.Image) -> torch.Tensor:
-        return self.encoder.spec.prepare(image, self.image_size)
 
     def _caption(self, decoded: Decoded) -> Caption:
         words = self.model.vocab.decode(decoded.tokens)
