@@ -35,3 +35,18 @@ def test_pil_images_and_bytes_are_accepted(tmp_path: Path) -> None:
     assert open_rgb(path.read_bytes(), name="upload").size == (40, 30)
     with pytest.raises(BadImageError, match="missing.jpg: no such file"):
         open_rgb(tmp_path / "missing.jpg")
+
+
+def test_reading_in_threads_leaves_the_warning_filters_alone(tmp_path: Path) -> None:
+    """The captioner reads a batch's images in threads; warnings.catch_warnings() is not thread safe and
+    used to leave an 'error' filter for DecompressionBombWarning behind for the whole process."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(lambda _: open_rgb(path), range(200)))
+    assert all(image.size == (40, 30) for image in images)
+    assert warnings.filters == before

@@ -7,7 +7,6 @@ non-image files and absurd dimensions (decompression bombs) before decoding them
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,15 +43,15 @@ def open_rgb(source: ImageSource, name: str | None = None, draft_size: int | Non
         return to_rgb(ImageOps.exif_transpose(source))
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(handle) as image:
-                check_dimensions(image.size, label)
-                if draft_size and image.format == "JPEG":
-                    image.draft("RGB", (draft_size, draft_size))
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                return to_rgb(upright)
+        # No warnings.catch_warnings() to turn PIL's DecompressionBombWarning into an error: it is not thread
+        # safe (the captioner reads images in threads) and check_dimensions refuses such images first anyway.
+        with Image.open(handle) as image:
+            check_dimensions(image.size, label)
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright)
     except BadImageError:
         raise
     except FileNotFoundError as error:
