@@ -47,3 +47,24 @@ def test_the_api_gives_the_captions_evaluate_gives(tiny_checkpoint: Path, tmp_pa
     paths = [next(shapes.rglob(name)) for name in evaluated]
     results = Captioner.load(tiny_checkpoint).caption(paths, strategy="greedy", batch_size=7)
     assert {Path(r.image).name: r.text for r in results} == evaluated
+
+
+def test_empty_and_all_unreadable_batches(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cap = Captioner.load(tiny_checkpoint)
+    from captioner.decoding import DecodeSettings
+
+    assert cap.caption_batch([], DecodeSettings("greedy")) == []
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_bytes(b"nothing")
+    results = cap.caption([tmp_path / "a.jpg", tmp_path / "b.png"], strategy="greedy")
+    assert [r.text for r in results] == [None, None] and all(r.error for r in results)
+
+
+def test_the_encoder_runs_a_large_batch_in_its_own_smaller_batches(tiny_checkpoint: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = Captioner.load(tiny_checkpoint)
+    images = [Image.open(p).convert("RGB") for p in sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[:5]]
+    whole = cap.features(images)
+    monkeypatch.setattr(Captioner, "encoder_batch_size", property(lambda self: 2))
+    torch.testing.assert_close(cap.features(images), whole)
+    assert whole.shape[0] == 5

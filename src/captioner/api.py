@@ -11,7 +11,6 @@ preprocessing and float16 rounding the training features had, so captions match 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -132,7 +131,11 @@ class Captioner:
         # JPEG decoding, resizing and normalizing release the GIL: the batch's images are read on all cores at
         # once, while the encoder and decoder wait (reading them *during* the encoder's work only slows it
         # down, measured). The threads run no torch (see EncoderSpec.pixels).
-        opened = list(self._readers.map(self._open, batch)) if len(batch) > 1 else [self._open(batch[0])]
+        if len(batch) > 1:  # a pool per batch: cheap next to the batch, and nothing to leak or carry over a fork
+            with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="read") as pool:
+                opened = list(pool.map(self._open, batch))
+        else:
+            opened = [self._open(item) for item in batch]
         results = [result for result, _ in opened]
         readable = [(result, pixels) for result, pixels in opened if pixels is not None]
         if readable:
@@ -152,10 +155,6 @@ class Captioner:
             return result, None
         result.size = image.size
         return result, self.encoder.spec.pixels(image, self.image_size)
-
-    @functools.cached_property
-    def _readers(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="captioner-read")
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:
         """What the decoder reads for these (RGB) images: (B, L, C) grids for attention, (B, C) otherwise."""
