@@ -93,3 +93,20 @@ def test_deep_output_reads_the_attended_context_and_the_previous_word() -> None:
     plain = build_decoder(config("attention")).eval()
     torch.testing.assert_close(plain._logits(h, context, words, dropout=False),
                                plain._logits(h, context + 1, words + 1, dropout=False))
+
+
+def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without gradients on a CPU the energies are computed a few images at a time; one image per piece
+    must give what the whole batch at once (the training path) gives."""
+    from captioner import decoders
+
+    torch.manual_seed(0)
+    model = build_decoder(config("attention", deep_output=True)).eval()
+    state = model.with_rows_per_image(model.start(torch.randn(4, 5, 8)), 3)
+    tokens = torch.randint(4, 20, (12,))
+    whole_logits, _, whole_alpha = model.step(tokens, state)  # gradients on: one go
+    monkeypatch.setattr(decoders, "ENERGY_CHUNK_ELEMENTS", 1)
+    with torch.no_grad():
+        logits, _, alpha = model.step(tokens, state)
+    torch.testing.assert_close(logits, whole_logits.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(alpha, whole_alpha.detach(), rtol=0, atol=0)

@@ -22,7 +22,7 @@ from captioner.shared_linear import SharedWeight
 DECODER_TYPES = ("lstm", "gru", "attention")
 ENERGY_CHUNK_ELEMENTS = 2**18  # fp32 attention energies computed at once when decoding on a CPU: 1 MB
 
-State = dict[str, torch.Tensor]  # every tensor has the batch on dim 0
+State = dict[str, torch.Tensor]  # rows on dim 0 (images x their beams); per_image_state entries: images
 
 
 @dataclass
