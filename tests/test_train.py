@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,13 +248,18 @@ def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_la
     save_checkpoint(run / "best.pt", load_checkpoint(run / "model_epoch_4.pt"))  # as when self-critical improved
     expected = load_checkpoint(run / f"model_epoch_{best_xe}.pt")["model"]
 
-    for resumed_from in (3, best_xe):  # after the best epoch, and the best epoch itself
-        trainer = Trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{resumed_from}.pt")),
-                          ["captioner"])
-        weights = trainer._best_cross_entropy_weights()
-        assert all(torch.equal(weights[name], expected[name]) for name in expected)
+    def weights_found(resume: Path) -> dict:
+        return Trainer(small(shapes, tmp_path, **options, resume=str(resume)), ["captioner"]).best_weights
 
-    (run / f"model_epoch_{best_xe}.pt").unlink()
-    trainer = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_3.pt")), ["captioner"])
+    # resumed after the best epoch, at the best epoch, and from a run that itself resumed (chain of parents)
+    chained = tmp_path / "runs" / "chained"
+    chained.mkdir()
+    shutil.copy(run / "model_epoch_3.pt", chained / "model_epoch_3.pt")
+    (chained / "run_config.json").write_text(json.dumps({"parent_checkpoint": str(run / "model_epoch_3.pt")}))
+    for resume in (run / "model_epoch_3.pt", run / f"model_epoch_{best_xe}.pt", chained / "model_epoch_3.pt"):
+        weights = weights_found(resume)
+        assert all(torch.equal(weights[name], expected[name]) for name in expected), resume
+
+    (run / f"model_epoch_{best_xe}.pt").unlink()  # fails when it resumes, not after the remaining epochs
     with pytest.raises(CaptionerError, match=f"best cross-entropy epoch {best_xe}"):
-        trainer._best_cross_entropy_weights()
+        weights_found(run / "model_epoch_3.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import contextlib
 import io
 import math
@@ -252,31 +253,35 @@ class Trainer:
     def _start_self_critical(self) -> None:
         """Continue from the best cross-entropy weights with a fresh, small, constant learning rate."""
         c = self.config
-        best = self._best_cross_entropy_weights()
-        if best is not None:
-            self.decoder.load_state_dict(best)
+        if self.best_weights is not None:
+            self.decoder.load_state_dict(self.best_weights)
         self.optimizer.state.clear()
         for group in self.optimizer.param_groups:
             group["lr"] = c.scst_lr
         self.log(f"self-critical training (CIDEr-D reward, {c.scst_samples} samples per image) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
-    def _best_cross_entropy_weights(self) -> dict | None:
-        """The weights of the best cross-entropy epoch (None: none known, keep the current ones). A resumed run
-        that has not improved since finds them in its parent's folder: in best.pt, unless self-critical epochs
-        run there before replaced it (resuming an earlier checkpoint of a finished run), then in that epoch's
-        checkpoint."""
-        if self.best_weights is not None or not self.config.resume or self.best_epoch == 0:
-            return self.best_weights
-        folder = Path(self.config.resume).parent
-        for candidate in (folder / "best.pt", folder / f"model_epoch_{self.best_epoch}.pt"):
-            if candidate.exists():
-                checkpoint = load_checkpoint(candidate)
-                if checkpoint["epoch"] == self.best_epoch:
-                    return checkpoint["model"]
-        raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {self.best_epoch}, "
-                             f"but {folder} holds it neither in best.pt nor in model_epoch_{self.best_epoch}.pt "
-                             "(removed by --keep_checkpoints?)")
+    def _weights_of_epoch(self, epoch: int) -> dict:
+        """A resumed run's best cross-entropy weights, for the self-critical epochs to start from, looked up
+        when it resumes so that a missing file fails now, not after the remaining epochs. They are in the
+        folder of the checkpoint resumed, or of the one that run resumed from, and so on: in best.pt, unless
+        self-critical epochs run there replaced it (resuming an earlier checkpoint of a finished run), else
+        in model_epoch_N.pt."""
+        folder, seen = Path(self.config.resume).parent, set()
+        while folder not in seen:
+            seen.add(folder)
+            for candidate in (folder / "best.pt", folder / f"model_epoch_{epoch}.pt"):
+                if candidate.exists():
+                    checkpoint = load_checkpoint(candidate)
+                    if checkpoint["epoch"] == epoch:
+                        return checkpoint["model"]
+            parent = _parent_checkpoint(folder)
+            if not parent:
+                break
+            folder = Path(parent).parent
+        raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {epoch}, but neither "
+                             f"best.pt nor model_epoch_{epoch}.pt holds it in {', '.join(str(f) for f in seen)}; "
+                             f"resume from a checkpoint of epoch {epoch} or later whose run still has it")
 
     def _restore(self, checkpoint: dict) -> None:
         source = self.config.resume
@@ -302,8 +307,9 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         if checkpoint.get("best_metric", "val_loss") == self.config.best_metric:
             self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
-            if self.config.scst_epochs and self.best_epoch == checkpoint["epoch"]:
-                self.best_weights = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+            if self.config.scst_epochs and 0 < self.best_epoch and checkpoint["epoch"] <= self.config.epochs:
+                self.best_weights = ({k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+                                     if self.best_epoch == checkpoint["epoch"] else self._weights_of_epoch(self.best_epoch))
             if self.config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
                 self.patience_left = min(checkpoint["patience_left"], self.config.early_stopping_patience)
         self.history = list(checkpoint.get("history", []))
@@ -588,3 +594,11 @@ def _plain(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def _parent_checkpoint(run_folder: Path) -> str | None:
+    """The checkpoint a run resumed from, as its run_config.json records it (None if none or unreadable)."""
+    try:
+        return json.loads((run_folder / "run_config.json").read_text()).get("parent_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
