@@ -26,7 +26,7 @@ from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
 from captioner.decoders import DecoderConfig, build_decoder
 from captioner.decoding import DecodeSettings, decode, greedy
 from captioner.devices import autocast, keep_freed_memory, pick_device
-from captioner.distributed import Processes, start_processes, stop_processes
+from captioner.distributed import start_processes, stop_processes
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, extract_features
 from captioner.live_features import LiveFeatures
