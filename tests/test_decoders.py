@@ -61,6 +61,9 @@ def test_rows_per_image_step_like_copies_of_the_image(decoder: str) -> None:
     # keeping image 1 only: its rows 3..5 and its own entries
     kept = model.select(shared, torch.tensor([3, 4, 5]), torch.tensor([1]))
     torch.testing.assert_close(model.step(tokens[3:], kept)[0], model.step(tokens, shared)[0][3:])
+    if model.uses_grid:
+        with pytest.raises(ValueError, match="several rows per image"):
+            model.select(shared, torch.tensor([3, 4, 5]))
 
 
 @pytest.mark.parametrize("deep_output", [False, True])

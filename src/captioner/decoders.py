@@ -75,7 +75,12 @@ class Decoder(nn.Module):
     def select(self, state: State, rows: torch.Tensor, images: torch.Tensor | None = None) -> State:
         """Keep (or reorder) these rows of changing state and these images' own entries; by default the same
         index for both, as when every image has one row."""
-        images = rows if images is None else images
+        if images is None:
+            shared = [value for name, value in state.items() if name in self.per_image_state]
+            changing = [value for name, value in state.items() if name not in self.per_image_state]
+            if shared and changing and shared[0].shape[0] != changing[0].shape[0]:
+                raise ValueError("this state has several rows per image: pass the images to keep as well")
+            images = rows
         return {name: value.index_select(0, images if name in self.per_image_state else rows)
                 for name, value in state.items()}
 
