@@ -263,3 +263,22 @@ def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_la
     (run / f"model_epoch_{best_xe}.pt").unlink()  # fails when it resumes, not after the remaining epochs
     with pytest.raises(CaptionerError, match=f"best cross-entropy epoch {best_xe}"):
         weights_found(run / "model_epoch_3.pt")
+
+
+def test_self_critical_with_the_references_cross_entropy_mixed_in(shapes: Path, tmp_path: Path) -> None:
+    options = dict(epochs=1, scst_epochs=1, scst_samples=3, best_metric="CIDEr", max_images=40, seed=5)
+    plain = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    mixed = history(Trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"]).run())
+    assert [e["objective"] for e in mixed] == ["cross-entropy", "self-critical"]
+    assert mixed[0]["train_loss"] == plain[0]["train_loss"]  # the cross-entropy epochs are untouched
+    assert mixed[1]["train_loss"] != plain[1]["train_loss"]
+
+    trainer = Trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"])
+    trainer.model.eval()
+    rows = sorted(trainer.self_critical.rows)[:4]
+    features = trainer._features_of_rows(rows)
+    one_by_one = [float(trainer._reference_loss(features[i:i + 1], rows[i:i + 1])) for i in range(4)]
+    together = float(trainer._reference_loss(features, rows))
+    assert all(loss > 0 for loss in one_by_one)
+    # per word over all the images' captions: between the images' own losses, each caption with its own image
+    assert min(one_by_one) <= together <= max(one_by_one)

@@ -191,6 +191,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
          help="after --epochs of cross-entropy, this many epochs of self-critical training on CIDEr-D")
     flag(run, "--scst_lr", type=float, default=2e-5, help="learning rate of self-critical training")
     flag(run, "--scst_samples", type=int, default=5, help="captions sampled per image in self-critical training")
+    flag(run, "--scst_xe_weight", type=float, default=0.0,
+         help="add this x the cross-entropy of the references to the self-critical loss (0: off)")
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")
     flag(run, "--output_dir", type=Path, default=Path("runs"))
     flag(run, "--show_samples", type=int, default=0, help="at the end, caption N held-out test images")

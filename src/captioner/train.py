@@ -85,6 +85,7 @@ class TrainConfig:
     scst_epochs: int = 0  # after the cross-entropy epochs, this many epochs of self-critical CIDEr-D training
     scst_lr: float = 2e-5
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean of the others
+    scst_xe_weight: float = 0.0  # self-critical loss + this x the cross-entropy of the images' references
     keep_checkpoints: int = 2
     output_dir: str = "runs"
     amp: bool = True
@@ -189,6 +190,7 @@ class Trainer:
                                            reduction="sum")
         self.start_epoch, self.best_epoch, self.history = 1, 0, []
         self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
+        self._examples_of_row: dict[int, list[int]] | None = None  # training captions of each image (row)
         self.patience_left = config.early_stopping_patience
         if config.scst_epochs and self.processes.distributed:
             raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
@@ -403,6 +405,8 @@ class Trainer:
             features = self._features_of_rows(mine, train=True)
             with autocast(self.device, self.config.amp):
                 loss, reward = self.self_critical.loss(self.decoder, features, mine, self.config.max_length)
+                if self.config.scst_xe_weight:
+                    loss = loss + self.config.scst_xe_weight * self._reference_loss(features, mine)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.clip_norm:
@@ -415,6 +419,20 @@ class Trainer:
         total_loss, total_reward, count = self.processes.sum(total_loss, total_reward, count)
         speed = count * self.config.scst_samples / (time.perf_counter() - started)
         return total_loss / max(count, 1), total_reward / max(count, 1), speed
+
+    def _reference_loss(self, features: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Teacher-forced cross-entropy per word of these images' reference captions (mixed with the
+        self-critical loss it keeps the captions close to human ones: their length, their words)."""
+        if self._examples_of_row is None:
+            self._examples_of_row = {}
+            for index, row in enumerate(self.train_set.rows.tolist()):
+                self._examples_of_row.setdefault(row, []).append(index)
+        examples = [(position, index) for position, row in enumerate(rows) for index in self._examples_of_row[row]]
+        captions = pad_captions(self.train_set, [index for _, index in examples]).to(self.device)
+        image_of = torch.tensor([position for position, _ in examples], device=features.device)
+        words = int((captions[:, 1:] != self.vocab.pad_id).sum())
+        loss, _ = self._loss(features.index_select(0, image_of), captions, words, len(examples))
+        return loss
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
