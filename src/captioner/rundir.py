@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from captioner.checkpoint import save_checkpoint
+from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.io import atomic_write_bytes, atomic_write_text
 
 
@@ -46,15 +46,25 @@ class RunFiles:
         self._write_summary([], 0)
 
     def save_epoch(self, epoch: int, checkpoint: dict, best: bool, keep: int) -> None:
-        save_checkpoint(self.folder / f"model_epoch_{epoch}.pt", checkpoint)
+        save_checkpoint(self.epoch_path(epoch), checkpoint)
         if best:
             save_checkpoint(self.best_path(), checkpoint)
         epochs = sorted(int(p.stem.rsplit("_", 1)[1]) for p in self.folder.glob("model_epoch_*.pt"))
         for old in epochs[:-keep] if keep > 0 else []:
-            (self.folder / f"model_epoch_{old}.pt").unlink(missing_ok=True)
+            self.epoch_path(old).unlink(missing_ok=True)
 
     def best_path(self) -> Path:
         return self.folder / "best.pt"
+
+    def epoch_path(self, epoch: int) -> Path:
+        return self.folder / f"model_epoch_{epoch}.pt"
+
+    def parent_checkpoint(self) -> str | None:
+        """The checkpoint this run resumed from, as run_config.json records it (None if none or unreadable)."""
+        try:
+            return json.loads((self.folder / "run_config.json").read_text()).get("parent_checkpoint")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def write_history(self, history: list[dict]) -> None:
         curve = [{k: entry[k] for k in ("epoch", "train_loss", "val_loss", "lr")} for entry in history]
@@ -121,3 +131,22 @@ def remove_temporaries(folder: Path) -> None:
     the files they were to replace are whole (the old version) or absent."""
     for leftover in folder.glob(".*.tmp"):
         leftover.unlink(missing_ok=True)
+
+
+def weights_of_epoch(run_folder: Path, epoch: int) -> dict | None:
+    """The model weights of an epoch of this run, or of the run it resumed from, and so on: in best.pt if
+    that is the epoch's (later epochs may have replaced it), else in model_epoch_N.pt; None if none holds it."""
+    folder, seen = run_folder, set()
+    while folder not in seen:
+        seen.add(folder)
+        run = RunFiles(folder)
+        for candidate in (run.best_path(), run.epoch_path(epoch)):
+            if candidate.exists():
+                checkpoint = load_checkpoint(candidate)
+                if checkpoint["epoch"] == epoch:
+                    return checkpoint["model"]
+        parent = run.parent_checkpoint()
+        if not parent:
+            return None
+        folder = Path(parent).parent
+    return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import contextlib
+import functools
 import io
 import math
 import random
@@ -30,7 +30,7 @@ from captioner.distributed import start_processes, stop_processes
 from captioner.errors import CaptionerError
 from captioner.features import FeatureStore, extract_features
 from captioner.live_features import LiveFeatures
-from captioner.rundir import RunFiles, remove_temporaries
+from captioner.rundir import RunFiles, remove_temporaries, weights_of_epoch
 from captioner.schedulers import Schedule, ScheduleSettings
 
 
@@ -190,7 +190,6 @@ class Trainer:
                                            reduction="sum")
         self.start_epoch, self.best_epoch, self.history = 1, 0, []
         self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
-        self._examples_of_row: dict[int, list[int]] | None = None  # training captions of each image (row)
         self.patience_left = config.early_stopping_patience
         if config.scst_epochs and self.processes.distributed:
             raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
@@ -265,25 +264,15 @@ class Trainer:
 
     def _weights_of_epoch(self, epoch: int) -> dict:
         """A resumed run's best cross-entropy weights, for the self-critical epochs to start from, looked up
-        when it resumes so that a missing file fails now, not after the remaining epochs. They are in the
-        folder of the checkpoint resumed, or of the one that run resumed from, and so on: in best.pt, unless
-        self-critical epochs run there replaced it (resuming an earlier checkpoint of a finished run), else
-        in model_epoch_N.pt."""
-        folder, seen = Path(self.config.resume).parent, set()
-        while folder not in seen:
-            seen.add(folder)
-            for candidate in (folder / "best.pt", folder / f"model_epoch_{epoch}.pt"):
-                if candidate.exists():
-                    checkpoint = load_checkpoint(candidate)
-                    if checkpoint["epoch"] == epoch:
-                        return checkpoint["model"]
-            parent = _parent_checkpoint(folder)
-            if not parent:
-                break
-            folder = Path(parent).parent
-        raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {epoch}, but neither "
-                             f"best.pt nor model_epoch_{epoch}.pt holds it in {', '.join(str(f) for f in seen)}; "
-                             f"resume from a checkpoint of epoch {epoch} or later whose run still has it")
+        when it resumes so that a missing file fails now, not after the remaining epochs."""
+        folder = Path(self.config.resume).parent
+        weights = weights_of_epoch(folder, epoch)
+        if weights is None:
+            raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {epoch}, but "
+                                 f"neither best.pt nor model_epoch_{epoch}.pt holds it in {folder} or the runs it "
+                                 f"resumed from; resume from a checkpoint of epoch {epoch} or later whose run "
+                                 "still has it")
+        return weights
 
     def _restore(self, checkpoint: dict) -> None:
         source = self.config.resume
@@ -423,16 +412,20 @@ class Trainer:
     def _reference_loss(self, features: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """Teacher-forced cross-entropy per word of these images' reference captions (mixed with the
         self-critical loss it keeps the captions close to human ones: their length, their words)."""
-        if self._examples_of_row is None:
-            self._examples_of_row = {}
-            for index, row in enumerate(self.train_set.rows.tolist()):
-                self._examples_of_row.setdefault(row, []).append(index)
         examples = [(position, index) for position, row in enumerate(rows) for index in self._examples_of_row[row]]
         captions = pad_captions(self.train_set, [index for _, index in examples]).to(self.device)
         image_of = torch.tensor([position for position, _ in examples], device=features.device)
         words = int((captions[:, 1:] != self.vocab.pad_id).sum())
         loss, _ = self._loss(features.index_select(0, image_of), captions, words, len(examples))
         return loss
+
+    @functools.cached_property
+    def _examples_of_row(self) -> dict[int, list[int]]:
+        """The training captions (example indices) of each image's feature row."""
+        examples: dict[int, list[int]] = {}
+        for index, row in enumerate(self.train_set.rows.tolist()):
+            examples.setdefault(row, []).append(index)
+        return examples
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
@@ -613,10 +606,3 @@ def _plain(value: object) -> object:
         return [_plain(v) for v in value]
     return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
 
-
-def _parent_checkpoint(run_folder: Path) -> str | None:
-    """The checkpoint a run resumed from, as its run_config.json records it (None if none or unreadable)."""
-    try:
-        return json.loads((run_folder / "run_config.json").read_text()).get("parent_checkpoint")
-    except (OSError, ValueError, AttributeError):
-        return None
