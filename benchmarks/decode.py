@@ -3,8 +3,8 @@ files (decode, resize, encoder, decoder) next to the encoder's bare forward spee
 
     python benchmarks/decode.py --model_path runs/RUN/best.pt [--images 500] [--data_dir ../shared/data/flickr8k]
 
-Prints one table: each figure is the median of --repeats runs. End to end with beam 3 should reach at least 80% of the bare encoder: decoding must not
-be the bottleneck.
+Prints one table: each figure is the median of --repeats runs. End to end with beam 3 should reach at least
+80% of the bare encoder: decoding must not be the bottleneck.
 """
 
 from __future__ import annotations
