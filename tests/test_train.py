@@ -277,8 +277,9 @@ def test_self_critical_with_the_references_cross_entropy_mixed_in(shapes: Path, 
     trainer.model.eval()
     rows = sorted(trainer.self_critical.rows)[:4]
     features = trainer._features_of_rows(rows)
-    one_by_one = [float(trainer._reference_loss(features[i:i + 1], rows[i:i + 1])) for i in range(4)]
-    together = float(trainer._reference_loss(features, rows))
+    with torch.no_grad():
+        one_by_one = [float(trainer._reference_loss(features[i:i + 1], rows[i:i + 1])) for i in range(4)]
+        together = float(trainer._reference_loss(features, rows))
     assert all(loss > 0 for loss in one_by_one)
     # per word over all the images' captions: between the images' own losses, each caption with its own image
     assert min(one_by_one) <= together <= max(one_by_one)
