@@ -9,7 +9,7 @@ import torch
 from captioner.cider_reward import CiderD
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import DecoderConfig, build_decoder
-from captioner.self_critical import SelfCritical
+from captioner.self_critical import SelfCritical, draw
 
 REFERENCES = {
     "a": [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"], ["the", "dog", "runs"]],
@@ -42,3 +42,30 @@ def test_the_loss_favours_samples_that_beat_their_siblings() -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
     generator = torch.Generator().manual_seed(1)
     assert sorted(row for batch in critic.batches(2, generator) for row in batch) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["attention", "lstm"])
+def test_samples_come_from_the_model_without_dropout(kind: str) -> None:
+    """The policy is the model as it decodes: a decoder in training mode samples and scores exactly as in eval
+    mode (show-and-tell's start() dropped out parts of the image before), and stays in training mode."""
+    vocab = Vocabulary.build([w for refs in REFERENCES.values() for w in refs], freq_threshold=1)
+    torch.manual_seed(0)
+    decoder = build_decoder(DecoderConfig(kind, len(vocab), 8, 8, 12, 6, drop_prob=0.5))
+    critic = SelfCritical({0: REFERENCES["a"], 1: REFERENCES["b"]}, vocab, samples=3)
+    features = torch.randn(2, 5, 8) if kind == "attention" else torch.randn(2, 8)
+    results = []
+    for training in (True, False):
+        decoder.train(training)
+        torch.manual_seed(1)
+        loss, reward = critic.loss(decoder, features, [0, 1], max_length=7)
+        assert decoder.training == training
+        results.append((loss.item(), reward))
+    assert results[0] == results[1]
+
+
+def test_draw_follows_the_probabilities_and_never_picks_an_impossible_word() -> None:
+    torch.manual_seed(0)
+    probabilities = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0]).repeat(40_000, 1)
+    counts = torch.bincount(draw(probabilities), minlength=6).float() / 40_000
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts, probabilities[0], atol=0.01)

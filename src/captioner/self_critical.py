@@ -8,12 +8,26 @@ expected CIDEr-D, with no greedy decode needed for the baseline.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from captioner.cider_reward import CiderD
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import Decoder
 from captioner.decoding import word_log_probs
+
+
+@contextlib.contextmanager
+def without_dropout(decoder: Decoder) -> Iterator[None]:
+    """The model in eval mode for a while: show-and-tell's start() would otherwise drop out parts of the image."""
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        yield
+    finally:
+        decoder.train(was_training)
 
 
 class SelfCritical:
@@ -34,7 +48,8 @@ class SelfCritical:
     def loss(self, decoder: Decoder, features: torch.Tensor, rows: list[int], max_length: int
              ) -> tuple[torch.Tensor, float]:
         """Policy-gradient loss for one batch of images (features (B, ...)), and the mean reward (CIDEr-D)."""
-        tokens, log_probs, mask = self._sample(decoder, features, max_length)  # (B*S, T): an image's samples together
+        with without_dropout(decoder):  # the policy: the model as it decodes (step() applies no dropout anyway)
+            tokens, log_probs, mask = self._sample(decoder, features, max_length)  # (B*S, T): an image's samples together
         rewards = torch.tensor([self.cider.score(rows[index // self.samples], self._words(sequence))
                                 for index, sequence in enumerate(tokens.tolist())], device=features.device)
         grouped = rewards.view(-1, self.samples)
@@ -56,7 +71,7 @@ class SelfCritical:
         for _ in range(max_length):
             logits, state, _ = decoder.step(previous, state)
             step_log_probs = word_log_probs(logits, self.vocab)
-            choice = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1)
+            choice = draw(step_log_probs.detach().exp())
             choice = torch.where(finished, torch.full_like(choice, self.vocab.end_id), choice)
             tokens.append(choice)
             log_probs.append(step_log_probs.gather(1, choice.unsqueeze(1)).squeeze(1))
@@ -69,3 +84,12 @@ class SelfCritical:
 
     def _words(self, sequence: list[int]) -> list[str]:
         return self.vocab.decode(sequence)
+
+
+def draw(probabilities: torch.Tensor) -> torch.Tensor:
+    """One word per row (N, V) -> (N,), drawn by inverting the cumulative distribution with one uniform number
+    per row: torch.multinomial draws an exponential number for every word of the vocabulary, 5% of a
+    self-critical step on a CPU."""
+    cumulative = probabilities.float().cumsum(1)
+    targets = torch.rand(probabilities.shape[0], 1, device=probabilities.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, targets, right=True).squeeze(1).clamp_(max=probabilities.shape[1] - 1)
