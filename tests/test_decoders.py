@@ -100,7 +100,9 @@ def test_deep_output_reads_the_attended_context_and_the_previous_word() -> None:
 
 def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without gradients on a CPU the energies are computed a few images at a time; one image per piece
-    must give what the whole batch at once (the training path) gives."""
+    must give what the whole batch at once (the training path) gives, to float32 rounding: bit for bit on an
+    Intel Xeon, within a few 1e-8 on an AMD EPYC, where the matrix-vector kernels sum in another order for
+    other shapes."""
     from captioner import decoders
 
     torch.manual_seed(0)
@@ -111,5 +113,5 @@ def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.Mon
     monkeypatch.setattr(decoders, "ENERGY_CHUNK_ELEMENTS", 1)
     with torch.no_grad():
         logits, _, alpha = model.step(tokens, state)
-    torch.testing.assert_close(logits, whole_logits.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(alpha, whole_alpha.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(logits, whole_logits.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(alpha, whole_alpha.detach(), rtol=1e-6, atol=1e-6)
