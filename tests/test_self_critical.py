@@ -44,6 +44,19 @@ def test_the_loss_favours_samples_that_beat_their_siblings() -> None:
     assert sorted(row for batch in critic.batches(2, generator) for row in batch) == [0, 1, 2]
 
 
+def test_a_bleu_weight_adds_the_weighted_bleu_4_to_the_reward() -> None:
+    from captioner.bleu_reward import SentenceBleu
+
+    vocab = Vocabulary.build([w for refs in REFERENCES.values() for w in refs], freq_threshold=1)
+    rows = {0: REFERENCES["a"], 1: REFERENCES["b"]}
+    plain, mixed = SelfCritical(rows, vocab), SelfCritical(rows, vocab, bleu_weight=2.0)
+    words = ["a", "dog", "runs", "on", "grass"]
+    bleu = SentenceBleu(rows).score(0, words)
+    assert bleu > 0.1
+    assert plain.reward(0, words) == pytest.approx(CiderD(rows).score(0, words))
+    assert mixed.reward(0, words) == pytest.approx(plain.reward(0, words) + 2.0 * bleu)
+
+
 @pytest.mark.parametrize("kind", ["attention", "lstm"])
 def test_samples_come_from_the_model_without_dropout(kind: str) -> None:
     """The policy is the model as it decodes: a decoder in training mode samples and scores exactly as in eval

@@ -3,7 +3,8 @@
 For each training image the model samples several captions; each sample's reward is its CIDEr-D against the
 image's references, and its baseline is the mean reward of the image's other samples. Raising the
 log-probability of samples that beat their siblings and lowering the others is the policy gradient of
-expected CIDEr-D, with no greedy decode needed for the baseline.
+expected CIDEr-D, with no greedy decode needed for the baseline. With a BLEU weight the reward is CIDEr-D plus
+that weight times the sample's BLEU-4, the policy gradient of both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from captioner.bleu_reward import SentenceBleu
 from captioner.cider_reward import CiderD
 from captioner.data.vocab import Vocabulary
 from captioner.decoders import Decoder
@@ -31,11 +33,14 @@ def without_dropout(decoder: Decoder) -> Iterator[None]:
 
 
 class SelfCritical:
-    def __init__(self, references: dict[int, list[list[str]]], vocab: Vocabulary, samples: int = 5) -> None:
+    def __init__(self, references: dict[int, list[list[str]]], vocab: Vocabulary, samples: int = 5,
+                 bleu_weight: float = 0.0) -> None:
         """`references`: feature row of each training image -> its tokenized reference captions."""
         if samples < 2:
             raise ValueError("self-critical training needs at least 2 samples per image (one is the others' baseline)")
         self.cider = CiderD(references)
+        self.bleu = SentenceBleu(references) if bleu_weight else None
+        self.bleu_weight = bleu_weight
         self.vocab, self.samples = vocab, samples
         self.rows = sorted(references)
 
@@ -47,10 +52,10 @@ class SelfCritical:
 
     def loss(self, decoder: Decoder, features: torch.Tensor, rows: list[int], max_length: int
              ) -> tuple[torch.Tensor, float]:
-        """Policy-gradient loss for one batch of images (features (B, ...)), and the mean reward (CIDEr-D)."""
+        """Policy-gradient loss for one batch of images (features (B, ...)), and the mean reward."""
         with without_dropout(decoder):  # the policy: the model as it decodes (step() applies no dropout anyway)
             tokens, log_probs, mask = self._sample(decoder, features, max_length)  # (B*S, T): an image's samples together
-        rewards = torch.tensor([self.cider.score(rows[index // self.samples], self._words(sequence))
+        rewards = torch.tensor([self.reward(rows[index // self.samples], self._words(sequence))
                                 for index, sequence in enumerate(tokens.tolist())], device=features.device)
         grouped = rewards.view(-1, self.samples)
         baseline = (grouped.sum(1, keepdim=True) - grouped) / (self.samples - 1)  # mean of the siblings
@@ -58,6 +63,11 @@ class SelfCritical:
         sequence_log_prob = (log_probs * mask).sum(1)
         loss = -(advantage * sequence_log_prob).sum() / mask.sum().clamp(min=1)
         return loss, float(rewards.mean())
+
+    def reward(self, row: int, words: list[str]) -> float:
+        """CIDEr-D of one sampled caption, plus the weighted BLEU-4 when there is a BLEU weight."""
+        reward = self.cider.score(row, words)
+        return reward + self.bleu_weight * self.bleu.score(row, words) if self.bleu is not None else reward
 
     def _sample(self, decoder: Decoder, features: torch.Tensor, max_length: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

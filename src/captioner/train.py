@@ -86,6 +86,7 @@ class TrainConfig:
     scst_lr: float = 2e-5
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean of the others
     scst_xe_weight: float = 0.0  # self-critical loss + this x the cross-entropy of the images' references
+    scst_bleu_weight: float = 0.0  # self-critical reward: CIDEr-D + this x the sample's BLEU-4
     keep_checkpoints: int = 2
     output_dir: str = "runs"
     amp: bool = True
@@ -249,7 +250,7 @@ class Trainer:
             row = self.store.row(record.image)
             if row is not None:
                 references[row] = [clean_caption(text)[: self.config.max_length] for text in record.captions]
-        return SelfCritical(references, self.vocab, self.config.scst_samples)
+        return SelfCritical(references, self.vocab, self.config.scst_samples, self.config.scst_bleu_weight)
 
     def _start_self_critical(self) -> None:
         """Continue from the best cross-entropy weights with a fresh, small, constant learning rate."""
@@ -259,7 +260,8 @@ class Trainer:
         self.optimizer.state.clear()
         for group in self.optimizer.param_groups:
             group["lr"] = c.scst_lr
-        self.log(f"self-critical training (CIDEr-D reward, {c.scst_samples} samples per image) from the best "
+        reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
+        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
     def _weights_of_epoch(self, epoch: int) -> dict:
