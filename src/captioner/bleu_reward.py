@@ -12,34 +12,30 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-N = 4
+from captioner.cider_reward import N, ngram_counts
+
 TINY, SMALL = 1e-15, 1e-9  # coco-caption's: a precision with no match is ~0, never a division by zero
-
-
-def _ngram_counts(words: Sequence[str]) -> Counter:
-    return Counter(tuple(words[i:i + n]) for n in range(1, N + 1) for i in range(len(words) - n + 1))
 
 
 class SentenceBleu:
     def __init__(self, references: dict[Hashable, list[list[str]]]) -> None:
         """`references`: image -> its tokenized reference captions."""
-        self.references: dict[Hashable, tuple[list[int], Counter]] = {}
+        self.references: dict[Hashable, tuple[list[int], list[Counter]]] = {}
         for image, captions in references.items():
-            most: Counter = Counter()
+            most = [Counter() for _ in range(N)]
             for words in captions:
-                most |= _ngram_counts(words)  # | keeps each n-gram's largest count: the clipping limit
+                for n, counts in enumerate(ngram_counts(words)):
+                    most[n] |= counts  # | keeps each n-gram's largest count: the clipping limit
             self.references[image] = ([len(words) for words in captions], most)
 
     def score(self, image: Hashable, words: Sequence[str]) -> float:
         """BLEU-4 of one candidate against the references of `image` (0..1, as coco-caption's per-image list)."""
         lengths, most = self.references[image]
         length = len(words)
-        correct = [0] * N
-        for gram, count in _ngram_counts(words).items():
-            correct[len(gram) - 1] += min(count, most.get(gram, 0))
         product = 1.0
-        for n in range(N):
-            product *= (correct[n] + TINY) / (max(0, length - n) + SMALL)
+        for n, counts in enumerate(ngram_counts(words)):
+            correct = sum(min(count, most[n].get(gram, 0)) for gram, count in counts.items())
+            product *= (correct + TINY) / (max(0, length - n) + SMALL)
         bleu = product ** (1.0 / N)
         closest = min((abs(reference - length), reference) for reference in lengths)[1]
         ratio = (length + TINY) / (closest + SMALL)
