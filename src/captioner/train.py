@@ -261,7 +261,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = c.scst_lr
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
-        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image) from the best "
+        mixed = f", plus {c.scst_xe_weight:g} x the references' cross-entropy" if c.scst_xe_weight else ""
+        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
     def _weights_of_epoch(self, epoch: int) -> dict:
