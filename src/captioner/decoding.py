@@ -67,9 +67,12 @@ def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,
                       settings.top_k, settings.top_p, settings.seed)
 
 
-def word_log_probs(logits: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-    """Log-probabilities of the next word in fp32; <pad> and <start> are never a next word."""
-    never = torch.tensor([vocab.pad_id, vocab.start_id], device=logits.device)
+def word_log_probs(logits: torch.Tensor, vocab: Vocabulary, allow_unknown: bool = False) -> torch.Tensor:
+    """Log-probabilities of the next word in fp32; <pad> and <start> are never a next word, and neither is <unk>
+    unless allowed: "a woman sitting on a <unk>" helps no reader of alt text and matches no reference (self-critical
+    sampling allows it, so that its reward teaches the model to avoid it)."""
+    banned = [vocab.pad_id, vocab.start_id] if allow_unknown else [vocab.pad_id, vocab.start_id, vocab.unk_id]
+    never = torch.tensor(banned, device=logits.device)
     return torch.log_softmax(logits.float(), dim=-1).index_fill(1, never, float("-inf"))  # not in place: autograd
 
 

@@ -80,7 +80,7 @@ class SelfCritical:
         tokens, log_probs, masks = [], [], []
         for _ in range(max_length):
             logits, state, _ = decoder.step(previous, state)
-            step_log_probs = word_log_probs(logits, self.vocab)
+            step_log_probs = word_log_probs(logits, self.vocab, allow_unknown=True)
             choice = draw(step_log_probs.detach().exp())
             choice = torch.where(finished, torch.full_like(choice, self.vocab.end_id), choice)
             tokens.append(choice)
