@@ -224,6 +224,11 @@ def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_pa
     assert all("train_CIDEr" in e for e in entries[2:]) and entries[2]["lr"] == pytest.approx(2e-5)
     assert "self-critical training" in (run / "train.log").read_text()
     assert run.name.startswith("shapes_attention_ep2_bs16_lr3e-3_const_scst2_")
+    summary = (run / "run_summary.txt").read_text().splitlines()
+    epoch_lines = [line for line in summary if line.startswith("epoch ") and "captions/s" in line]
+    assert [line.endswith("(self-critical)") for line in epoch_lines] == [False, False, True, True]
+    assert all(" CIDEr " in line for line in epoch_lines)
+    assert any(line.startswith("best epoch:") and "dev CIDEr" in line for line in summary)
 
 
 def test_a_resumed_run_stops_early_where_the_original_would(shapes: Path, tmp_path: Path) -> None:

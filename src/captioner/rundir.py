@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from dataclasses import asdict
@@ -82,10 +83,14 @@ class RunFiles:
         if history:
             best = next((e for e in history if e["epoch"] == best_epoch), history[-1])
             lines += [f"epochs run: {history[0]['epoch']}..{history[-1]['epoch']}",
-                      f"best epoch: {best_epoch} (val loss {best['val_loss']:.4f}, dev BLEU-4 {best['BLEU-4']:.4f})",
+                      f"best epoch: {best_epoch} (val loss {best['val_loss']:.4f}, dev BLEU-4 {best['BLEU-4']:.4f}, "
+                      f"dev CIDEr {best.get('CIDEr', math.nan):.4f})",
                       f"best model: {self.best_path()}", ""]
+            # a self-critical epoch's training loss is a policy-gradient loss, not a cross-entropy: say which
             lines += [f"epoch {e['epoch']:3d}  train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  lr {e['lr']:.2e}"
-                      f"  BLEU-1 {e['BLEU-1']:.3f}  BLEU-4 {e['BLEU-4']:.3f}  {e['captions_per_s']:.0f} captions/s"
+                      f"  BLEU-1 {e['BLEU-1']:.3f}  BLEU-4 {e['BLEU-4']:.3f}  CIDEr {e.get('CIDEr', math.nan):.3f}"
+                      f"  {e['captions_per_s']:.0f} captions/s"
+                      + ("  (self-critical)" if e.get("objective") == "self-critical" else "")
                       for e in history]
         atomic_write_text(self.folder / "run_summary.txt", "\n".join(lines) + "\n")
 
