@@ -115,3 +115,20 @@ def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.Mon
         logits, _, alpha = model.step(tokens, state)
     torch.testing.assert_close(logits, whole_logits.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(alpha, whole_alpha.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_attention_weights_are_xu_et_al_soft_attention(grad: bool) -> None:
+    """The energies are computed with a sigmoid for speed; the weights must still be Xu et al.'s
+    softmax over the regions of w . tanh(W_a features + U_a h), with and without gradients."""
+    torch.manual_seed(0)
+    model = build_decoder(config("attention")).eval()
+    features = torch.randn(3, 5, 8)
+    state = model.start(features)
+    query = model.from_hidden(state["h"])[:, :7]  # the attention query is the first attention_dim outputs
+    energies = torch.tanh(model.feature_attention(features) + query.unsqueeze(1)) @ model.attention_score.weight.T
+    expected = torch.softmax(energies.squeeze(-1), dim=1)
+    with torch.set_grad_enabled(grad):
+        _, _, alpha = model.step(torch.randint(4, 20, (3,)), state)
+    torch.testing.assert_close(alpha, expected.detach(), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(alpha, torch.full_like(alpha, 0.2))  # the weights really depend on the regions
