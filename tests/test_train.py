@@ -288,3 +288,21 @@ def test_self_critical_with_the_references_cross_entropy_mixed_in(shapes: Path, 
     assert all(loss > 0 for loss in one_by_one)
     # per word over all the images' captions: between the images' own losses, each caption with its own image
     assert min(one_by_one) <= together <= max(one_by_one)
+
+
+def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path: Path) -> None:
+    """--scst_xe_references K: each image's K references are drawn anew per batch from its own captions."""
+    options = dict(epochs=1, scst_epochs=1, scst_samples=3, best_metric="CIDEr", max_images=40, seed=5,
+                   scst_xe_weight=0.5)
+    trainer = Trainer(small(shapes, tmp_path, **options, scst_xe_references=1), ["captioner"])
+    row = sorted(trainer.self_critical.rows)[0]
+    own = trainer._examples_of_row[row]
+    assert len(own) > 1
+    drawn = [trainer._some_references(own) for _ in range(40)]
+    assert all(len(choice) == 1 and choice[0] in own for choice in drawn)
+    assert len({choice[0] for choice in drawn}) > 1  # not always the same caption
+    everything = Trainer(small(shapes, tmp_path, **options), ["captioner"])
+    assert everything._some_references(own) == own
+    assert history(trainer.run())[1]["objective"] == "self-critical"
+    with pytest.raises(CaptionerError, match="--scst_xe_references 0"):
+        Trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])

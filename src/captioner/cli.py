@@ -193,6 +193,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(run, "--scst_samples", type=int, default=5, help="captions sampled per image in self-critical training")
     flag(run, "--scst_xe_weight", type=float, default=0.0,
          help="add this x the cross-entropy of the references to the self-critical loss (0: off)")
+    flag(run, "--scst_xe_references", type=int,
+         help="with --scst_xe_weight: this many randomly drawn references per image (default: all; 1 is faster)")
     flag(run, "--scst_bleu_weight", type=float, default=0.0,
          help="self-critical reward: CIDEr-D + this x the sampled caption's BLEU-4 (0: CIDEr-D alone)")
     flag(run, "--keep_checkpoints", type=int, default=2, help="keep the last N model_epoch_N.pt (best.pt always)")

@@ -86,6 +86,7 @@ class TrainConfig:
     scst_lr: float = 2e-5
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean of the others
     scst_xe_weight: float = 0.0  # self-critical loss + this x the cross-entropy of the images' references
+    scst_xe_references: int | None = None  # references per image in that cross-entropy (None: all of them)
     scst_bleu_weight: float = 0.0  # self-critical reward: CIDEr-D + this x the sample's BLEU-4
     keep_checkpoints: int = 2
     output_dir: str = "runs"
@@ -163,6 +164,8 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.dev_set) == 0:
             raise CaptionerError(f"{config.dataset_type}: the train and dev splits need usable captions "
                                  f"(train {len(self.train_set)}, dev {len(self.dev_set)})")
+        if config.scst_xe_references is not None and config.scst_xe_references < 1:
+            raise CaptionerError(f"--scst_xe_references {config.scst_xe_references}: needs at least 1 reference per image")
         if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
             raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
                                  "attention to draw")
@@ -261,7 +264,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = c.scst_lr
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
-        mixed = f", plus {c.scst_xe_weight:g} x the references' cross-entropy" if c.scst_xe_weight else ""
+        references = f"{c.scst_xe_references} random reference(s)" if c.scst_xe_references else "the references"
+        mixed = f", plus {c.scst_xe_weight:g} x {references}' cross-entropy" if c.scst_xe_weight else ""
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
@@ -414,13 +418,22 @@ class Trainer:
 
     def _reference_loss(self, features: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """Teacher-forced cross-entropy per word of these images' reference captions (mixed with the
-        self-critical loss it keeps the captions close to human ones: their length, their words)."""
-        examples = [(position, index) for position, row in enumerate(rows) for index in self._examples_of_row[row]]
+        self-critical loss it keeps the captions close to human ones: their length, their words). With
+        --scst_xe_references K only K of each image's references, drawn anew each time: the teacher-forced
+        pass over all five costs as much as the sampling."""
+        examples = [(position, index) for position, row in enumerate(rows)
+                    for index in self._some_references(self._examples_of_row[row])]
         captions = pad_captions(self.train_set, [index for _, index in examples]).to(self.device)
         image_of = torch.tensor([position for position, _ in examples], device=features.device)
         words = int((captions[:, 1:] != self.vocab.pad_id).sum())
         loss, _ = self._loss(features.index_select(0, image_of), captions, words, len(examples))
         return loss
+
+    def _some_references(self, examples: list[int]) -> list[int]:
+        count = self.config.scst_xe_references
+        if not count or count >= len(examples):
+            return examples
+        return [examples[i] for i in sorted(torch.randperm(len(examples))[:count].tolist())]
 
     @functools.cached_property
     def _examples_of_row(self) -> dict[int, list[int]]:
