@@ -168,3 +168,17 @@ def test_greedy_of_a_batch_equals_one_image_at_a_time() -> None:
         assert together[image].tokens == alone.tokens
         assert together[image].log_prob == pytest.approx(alone.log_prob, abs=1e-5)
         torch.testing.assert_close(together[image].attention, alone.attention)
+
+
+def test_flip_average_decodes_with_both_views_and_checks_them() -> None:
+    from captioner.ensemble import Averaged
+
+    net = model("attention")
+    plain, mirrored = features(net, batch=4, seed=1), features(net, batch=4, seed=2)
+    views = torch.stack([plain, mirrored], 1)
+    settings = DecodeSettings("beam", 3, length_penalty=1.0, flip_average=True)
+    got = decode(net, views, VOCAB, settings)
+    expected = beam_search(Averaged([net, net]), views, VOCAB, beam_size=3, length_penalty=1.0)
+    assert [g[0].tokens for g in got] == [e[0].tokens for e in expected]
+    with pytest.raises(ValueError, match="flip_average needs features"):
+        decode(net, plain, VOCAB, settings)

@@ -7,7 +7,9 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from captioner.cli import main
 from captioner.metrics import METRIC_NAMES, java_available
@@ -55,3 +57,34 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path: Path, capsys) -> None:
     assert "is not a readable checkpoint" in capsys.readouterr().err
     assert main(["evaluate", "--model_path", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """--flip_average: the decoder averaged over the cached plain and mirrored features of each image; a cache
+    without mirrored features is a clear error, not a silent plain evaluation."""
+    from captioner.decoding import DecodeSettings, decode
+    from captioner.ensemble import Averaged
+    from captioner.evaluate import FeatureLookup, split_records
+    from captioner.trained import load_trained
+
+    cache = tmp_path / "mirrored_cache"
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "6",
+                 "--flip_average", "--cache_dir", str(cache)]) == 0
+    assert "averaged with the mirror images" in capsys.readouterr().out
+    folder = tiny_checkpoint.parent / "eval_test_greedy_flip"
+    about = json.loads((folder / "evaluation.json").read_text())
+    assert about["decoding"]["flip_average"] is True
+    written = {c["image_id"]: c["caption"] for c in json.loads((folder / "captions.json").read_text())}
+
+    model = load_trained(tiny_checkpoint)
+    records, _ = split_records(model, "test", None, None, None, 6)
+    plain = FeatureLookup(model, [r.image for r in records], cache, None, progress=False)
+    rows = [plain.row(r.image) for r in records]
+    views = torch.stack([plain.store.features(rows, True), plain.store.features(rows, True, np.ones(6, bool))], 1)
+    assert not torch.equal(views[:, 0], views[:, 1])  # the mirror image really is another view
+    by_hand = decode(Averaged([model.decoder, model.decoder]), views, model.vocab, DecodeSettings("greedy"))
+    assert [written[r.image_id] for r in records] == [" ".join(model.vocab.decode(d[0].tokens)) for d in by_hand]
+
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "6",
+                 "--flip_average"]) == 2  # the training cache holds no mirrored features
+    assert "built with other settings" in capsys.readouterr().err

@@ -257,7 +257,8 @@ def decode_settings(args: argparse.Namespace):
     try:
         return DecodeSettings(args.strategy, args.beam_size, args.max_length, args.length_penalty,
                               args.no_repeat_ngram, args.temperature, args.top_k, args.top_p,
-                              getattr(args, "num_captions", 1), args.sample_seed)
+                              getattr(args, "num_captions", 1), args.sample_seed,
+                              flip_average=getattr(args, "flip_average", False))
     except ValueError as error:
         raise CaptionerError(str(error)) from error
 
@@ -282,6 +283,9 @@ def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
     flag(data, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(data, "--batch_size", type=int, default=100, help="images decoded at once")
     add_decoding_args(evaluate)
+    flag(evaluate, "--flip_average", action="store_true",
+         help="average each word's probability over the image and its mirror image (features from the cache; "
+              "twice the decoding work)")
     flag(evaluate, "--output_dir", type=Path, help="evaluation folder (default: a new one beside the checkpoint)")
     evaluate.set_defaults(run=run_evaluate)
 
@@ -300,7 +304,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       max_images=args.max_images, output_dir=args.output_dir, cache_dir=args.cache_dir,
                       encoder_weights=args.encoder_weights, batch_size=args.batch_size)
     print(f"{len(result.captions)} {args.split} images, {settings.strategy}"
-          + (f" {settings.beam_size}" if settings.strategy == "beam" else "") + f", {result.seconds:.0f} s")
+          + (f" {settings.beam_size}" if settings.strategy == "beam" else "")
+          + (", averaged with the mirror images" if settings.flip_average else "") + f", {result.seconds:.0f} s")
     print(result.scores.table())
     print(f"evaluation folder: {result.folder}")
     return 0

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.data.formats import load_dataset
@@ -45,7 +46,8 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
     settings = settings or DecodeSettings()
     started = time.perf_counter()
     records, dataset_type = split_records(model, split, dataset_type, data_dir, captions_file, max_images)
-    lookup = FeatureLookup(model, [r.image for r in records], cache_dir, encoder_weights, progress)
+    lookup = FeatureLookup(model, [r.image for r in records], cache_dir, encoder_weights, progress,
+                           mirrored_too=settings.flip_average)
     usable = [r for r in records if lookup.row(r.image) is not None]
     if not usable:
         raise CaptionerError(f"none of the {len(records)} {split} images could be read by the encoder")
@@ -88,11 +90,15 @@ class FeatureLookup:
     as needed) for a frozen encoder, or computed with the checkpoint's fine-tuned encoder."""
 
     def __init__(self, model: TrainedModel, images: list[Path], cache_dir: Path | None,
-                 encoder_weights: Path | None, progress: bool) -> None:
-        self.model = model
+                 encoder_weights: Path | None, progress: bool, mirrored_too: bool = False) -> None:
+        """`mirrored_too`: features (B, 2, ...) of each image and its mirror image (for --flip_average)."""
+        self.model, self.mirrored_too = model, mirrored_too
         weights = encoder_weights or model.train_config.get("encoder_weights")
         weights = Path(weights) if weights else None
         if model.encoder_state is not None:
+            if mirrored_too:
+                raise CaptionerError(f"--flip_average reads mirrored features from the feature cache; "
+                                     f"{model.source} has a fine-tuned encoder, which has none")
             self.live = LiveFeatures(images, model.encoder_name, weights, model.image_size, augment=False,
                                      fine_tune=False, device=model.device)
             self.live.encoder.load_state_dict(model.encoder_state)
@@ -101,7 +107,7 @@ class FeatureLookup:
             self.live = None
             self.store = extract_features(images, model.encoder_name, image_size=model.image_size,
                                           cache_dir=cache_dir or _trained_cache(model), weights=weights,
-                                          device=str(model.device), progress=progress)
+                                          flip=mirrored_too, device=str(model.device), progress=progress)
             expected = model.encoder_settings.get("weights_sha256")
             if expected and self.store.settings.get("weights_sha256") != expected:
                 raise CaptionerError(f"the encoder weights differ from the ones {model.source} was trained on "
@@ -115,7 +121,11 @@ class FeatureLookup:
         if self.live is not None:
             with torch.no_grad():
                 return self.live.features(rows, uses_grid, train=False)
-        return self.store.features(rows, uses_grid).to(self.model.device)
+        plain = self.store.features(rows, uses_grid)
+        if self.mirrored_too:
+            mirrored = self.store.features(rows, uses_grid, np.ones(len(rows), dtype=bool))
+            plain = torch.stack([plain, mirrored], 1)
+        return plain.to(self.model.device)
 
 
 def _trained_cache(model: TrainedModel) -> Path | None:
@@ -132,6 +142,8 @@ def default_output_dir(checkpoint: Path, split: str, settings: DecodeSettings) -
             name += f"_lp{settings.length_penalty:g}"
         if settings.no_repeat_ngram:
             name += f"_norepeat{settings.no_repeat_ngram}"
+    if settings.flip_average:
+        name += "_flip"
     elif settings.strategy == "sample":
         name += f"_t{settings.temperature:g}_k{settings.top_k}_p{settings.top_p:g}"
     folder, attempt = checkpoint.parent / name, 1
