@@ -11,8 +11,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # in every run of it), best epoch by dev CIDEr, then three epochs of self-critical training on CIDEr-D mixed
     # with 0.05 x the cross-entropy of one random reference per image (chosen on dev over plain self-critical
     # training and over adding BLEU-4 to the reward; one reference scored as all five did, in half the time).
-    # Evaluate with
-    # `captioner evaluate --model_path RUN/best.pt --beam_size 3 --length_penalty 1` (chosen on dev).
+    # Evaluate with `captioner evaluate --model_path RUN/best.pt --beam_size 3 --length_penalty 1 --flip_average`
+    # (chosen on dev).
     "flickr8k_best": {
         "dataset_type": "flickr8k",
         "encoder": "efficientnet_lite2",
