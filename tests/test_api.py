@@ -68,3 +68,22 @@ def test_the_encoder_runs_a_large_batch_in_its_own_smaller_batches(tiny_checkpoi
     monkeypatch.setattr(Captioner, "encoder_batch_size", property(lambda self: 2))
     torch.testing.assert_close(cap.features(images), whole)
     assert whole.shape[0] == 5
+
+
+def test_flip_average_captions_each_image_with_its_mirror_image(tiny_checkpoint: Path) -> None:
+    """The API's --flip_average: the encoder reads the image and its mirror image; the captions are those of the
+    averaged decoder on both views, and the attention maps are the plain view's (a map per word and <end>)."""
+    from captioner.decoding import DecodeSettings, decode
+    from captioner.ensemble import Averaged
+
+    cap = Captioner.load(tiny_checkpoint)
+    paths = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[:5]
+    images = [Image.open(path).convert("RGB") for path in paths]
+    mirrored = [image.transpose(Image.FLIP_LEFT_RIGHT) for image in images]
+    views = torch.stack([cap.features(images), cap.features(mirrored)], 1)
+    expected = decode(Averaged([cap.model.decoder, cap.model.decoder]), views, cap.model.vocab, DecodeSettings("beam", 3))
+    results = cap.caption(paths, beam_size=3, flip_average=True)
+    assert [r.text for r in results] == [" ".join(cap.model.vocab.decode(e[0].tokens)) for e in expected]
+    first = results[0]
+    assert first.attention.shape == (len(first.tokens) + 1, 4, 4)
+    assert main(["caption", str(paths[0]), "--model_path", str(tiny_checkpoint), "--flip_average"]) == 0

@@ -30,10 +30,10 @@ def test_a_step_gives_the_log_of_the_members_mean_probabilities() -> None:
     tokens = torch.full((4,), VOCAB.start_id)
     logits, state, alpha = pair.step(tokens, pair.start(torch.stack([feats, mirrored], 1)))
     one, _, alpha_one = first.step(tokens, first.start(feats))
-    two, _, alpha_two = second.step(tokens, second.start(mirrored))
+    two, _, _ = second.step(tokens, second.start(mirrored))
     expected = (one.softmax(-1) + two.softmax(-1)) / 2
     torch.testing.assert_close(logits.exp(), expected)
-    torch.testing.assert_close(alpha, (alpha_one + alpha_two) / 2)
+    torch.testing.assert_close(alpha, alpha_one)  # the first member's view: a mirrored one would not line up
     assert {key.split(".", 1)[0] for key in state} == {"0", "1"}
 
 

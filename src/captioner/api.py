@@ -114,11 +114,12 @@ class Captioner:
     def caption(self, images: ImageInput | Iterable[ImageInput], strategy: str = "beam", beam_size: int = 3,
                 num_captions: int = 1, max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                batch_size: int | None = None) -> list[CaptionResult]:
+                batch_size: int | None = None, flip_average: bool = False) -> list[CaptionResult]:
         """Captions of every image, in order. Folders are expanded to the images in them (sorted); an image
-        that cannot be read gets a result with `error` set instead of stopping the batch."""
+        that cannot be read gets a result with `error` set instead of stopping the batch. `flip_average`
+        averages each word's probability over the image and its mirror image (the encoder runs twice)."""
         settings = DecodeSettings(strategy, beam_size, max_length, length_penalty, no_repeat_ngram, temperature,
-                                  top_k, top_p, num_captions, seed)
+                                  top_k, top_p, num_captions, seed, flip_average=flip_average)
         return [result for batch in self.caption_batches(images, settings, batch_size) for result in batch]
 
     def caption_batches(self, images: ImageInput | Iterable[ImageInput], settings: DecodeSettings,
@@ -139,7 +140,10 @@ class Captioner:
         results = [result for result, _ in opened]
         readable = [(result, pixels) for result, pixels in opened if pixels is not None]
         if readable:
-            features = self._features(torch.from_numpy(np.stack([pixels for _, pixels in readable])))
+            pixels = torch.from_numpy(np.stack([pixels for _, pixels in readable]))
+            features = self._features(pixels)
+            if settings.flip_average:  # mirroring the normalized pixels = normalizing the mirrored image
+                features = torch.stack([features, self._features(pixels.flip(3))], 1)
             for (result, _), decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
                 result.captions = [self._caption(d) for d in decoded]
         return results

@@ -249,6 +249,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     flag(group, "--top_p", type=float, default=1.0, help="sample: nucleus probability mass")
     flag(group, "--num_captions", type=int, default=1, help="captions per image (best beams, or distinct samples)")
     flag(group, "--sample_seed", type=int, help="sample: seed for repeatable captions")
+    flag(group, "--flip_average", action="store_true",
+         help="average each word's probability over the image and its mirror image (twice the decoding work; "
+              "evaluate reads the mirrored features from the cache)")
 
 
 def decode_settings(args: argparse.Namespace):
@@ -283,9 +286,6 @@ def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
     flag(data, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(data, "--batch_size", type=int, default=100, help="images decoded at once")
     add_decoding_args(evaluate)
-    flag(evaluate, "--flip_average", action="store_true",
-         help="average each word's probability over the image and its mirror image (features from the cache; "
-              "twice the decoding work)")
     flag(evaluate, "--output_dir", type=Path, help="evaluation folder (default: a new one beside the checkpoint)")
     evaluate.set_defaults(run=run_evaluate)
 

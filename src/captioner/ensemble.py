@@ -3,6 +3,8 @@ next word's probability is the mean of the members' probabilities.
 
 `Averaged` is one decoder to every decoding strategy: its state is the members' states side by side (their
 entries prefixed with the member's number), and its logits are the log of the members' mean probabilities.
+Its attention weights are the first member's: a mirror image's weights fall on mirrored regions, and their
+mean with the plain view's would point at neither.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ class Averaged(Decoder):
             states.append(member_state)
             alphas.append(alpha)
         mean = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
-        alpha = None if alphas[0] is None else torch.stack([a.float() for a in alphas]).mean(0)
-        return mean, self._join(states), alpha
+        return mean, self._join(states), alphas[0]
 
     def _join(self, states: list[State]) -> State:
         return {f"{index}.{name}": value for index, state in enumerate(states) for name, value in state.items()}
