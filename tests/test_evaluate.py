@@ -87,4 +87,17 @@ def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: 
 
     assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "6",
                  "--flip_average"]) == 2  # the training cache holds no mirrored features
-    assert "built with other settings" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--flip_average needs mirrored features" in error and "pass a new --cache_dir" in error
+
+
+def test_evaluation_folders_are_named_from_every_decoding_setting(tmp_path: Path) -> None:
+    from captioner.decoding import DecodeSettings
+    from captioner.evaluate import default_output_dir
+
+    checkpoint = tmp_path / "best.pt"
+    names = {default_output_dir(checkpoint, "dev", settings).name: settings for settings in [
+        DecodeSettings("beam", 3, length_penalty=1.0, flip_average=True),
+        DecodeSettings("sample", temperature=0.7, top_k=5, flip_average=True),
+        DecodeSettings("sample", temperature=0.7, top_k=5)]}
+    assert set(names) == {"eval_dev_beam3_lp1_flip", "eval_dev_sample_t0.7_k5_p1_flip", "eval_dev_sample_t0.7_k5_p1"}

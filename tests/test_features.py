@@ -120,6 +120,12 @@ def test_flip_features_are_the_features_of_the_mirrored_image(tmp_path: Path) ->
     halves_row, mirrored_row = store.row(tmp_path / "img" / "halves.png"), store.row(tmp_path / "img" / "mirrored.png")
     assert not np.allclose(store.grid[halves_row], store.grid_flip[halves_row])
     np.testing.assert_allclose(store.grid_flip[halves_row], store.grid[mirrored_row], atol=2e-3)
+    rows = [halves_row, mirrored_row]
+    for use_grid, flipped in ((True, store.grid_flip), (False, store.pooled_flip)):  # all mirrored, and mixed
+        assert np.array_equal(store.features(rows, use_grid, np.array([True, True])).numpy(), flipped[rows])
+        mixed = store.features(rows, use_grid, np.array([False, True])).numpy()
+        assert np.array_equal(mixed[0], (store.grid if use_grid else store.pooled)[halves_row])
+        assert np.array_equal(mixed[1], flipped[mirrored_row])
 
 
 def test_cli_extract_reports_skipped_files(tmp_path: Path, capsys) -> None:

@@ -303,6 +303,18 @@ def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path
     assert len({choice[0] for choice in drawn}) > 1  # not always the same caption
     everything = Trainer(small(shapes, tmp_path, **options), ["captioner"])
     assert everything._some_references(own) == own
+    # the mixed loss really reads one caption per image
+    captions_read: list[int] = []
+    real_loss = trainer._loss
+
+    def counting_loss(features, captions, *rest):
+        captions_read.append(len(captions))
+        return real_loss(features, captions, *rest)
+
+    trainer._loss = counting_loss
+    rows = sorted(trainer.self_critical.rows)[:3]
+    trainer._reference_loss(trainer._features_of_rows(rows), rows)
+    assert captions_read == [3]
     assert history(trainer.run())[1]["objective"] == "self-critical"
     with pytest.raises(CaptionerError, match="--scst_xe_references 0"):
         Trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])

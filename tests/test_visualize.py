@@ -37,6 +37,9 @@ def test_models_without_attention_are_a_clear_error(tiny_checkpoint: Path, tmp_p
     image = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
     assert main(["visualize", str(image), "--model_path", str(lstm)]) == 2
     assert "no attention to show" in capsys.readouterr().err
+    # its trace replays the plain image alone, so a caption chosen with the mirror image too would not match it
+    assert main(["visualize", str(image), "--model_path", str(tiny_checkpoint), "--flip_average"]) == 2
+    assert "leave out --flip_average" in capsys.readouterr().err
 
 
 def test_trace_replays_the_caption_step_by_step() -> None:

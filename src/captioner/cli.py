@@ -251,7 +251,7 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     flag(group, "--sample_seed", type=int, help="sample: seed for repeatable captions")
     flag(group, "--flip_average", action="store_true",
          help="average each word's probability over the image and its mirror image (twice the decoding work; "
-              "evaluate reads the mirrored features from the cache)")
+              "evaluate reads the mirrored features from the cache; not for visualize)")
 
 
 def decode_settings(args: argparse.Namespace):
@@ -453,6 +453,8 @@ def run_visualize(args: argparse.Namespace) -> int:
     from captioner.visualize import save_picture, trace_caption
 
     settings = decode_settings(args)
+    if settings.flip_average:
+        raise CaptionerError("visualize traces the caption through the plain image only; leave out --flip_average")
     captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
     if not captioner.uses_attention:
         raise CaptionerError(f"{args.model_path} has a {captioner.model.decoder.config.decoder} decoder, which has "

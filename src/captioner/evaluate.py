@@ -21,7 +21,7 @@ from captioner.data.records import ImageRecord
 from captioner.decoding import DecodeSettings, decode
 from captioner.devices import keep_freed_memory
 from captioner.errors import CaptionerError
-from captioner.features import extract_features
+from captioner.features import extract_features, read_manifest
 from captioner.io import atomic_write_text
 from captioner.live_features import LiveFeatures
 from captioner.metrics import Scores, score_captions
@@ -105,9 +105,15 @@ class FeatureLookup:
             self.store = None
         else:
             self.live = None
+            cache_dir = cache_dir or _trained_cache(model)
+            manifest = read_manifest(Path(cache_dir)) if cache_dir else None
+            if mirrored_too and manifest is not None and not manifest["settings"].get("flip"):
+                raise CaptionerError(f"--flip_average needs mirrored features, and the feature cache {cache_dir} "
+                                     "has none (it was built without --augment_flip); pass a new --cache_dir to "
+                                     "extract them with the plain ones")
             self.store = extract_features(images, model.encoder_name, image_size=model.image_size,
-                                          cache_dir=cache_dir or _trained_cache(model), weights=weights,
-                                          flip=mirrored_too, device=str(model.device), progress=progress)
+                                          cache_dir=cache_dir, weights=weights, flip=mirrored_too,
+                                          device=str(model.device), progress=progress)
             expected = model.encoder_settings.get("weights_sha256")
             if expected and self.store.settings.get("weights_sha256") != expected:
                 raise CaptionerError(f"the encoder weights differ from the ones {model.source} was trained on "
@@ -142,10 +148,10 @@ def default_output_dir(checkpoint: Path, split: str, settings: DecodeSettings) -
             name += f"_lp{settings.length_penalty:g}"
         if settings.no_repeat_ngram:
             name += f"_norepeat{settings.no_repeat_ngram}"
-    if settings.flip_average:
-        name += "_flip"
     elif settings.strategy == "sample":
         name += f"_t{settings.temperature:g}_k{settings.top_k}_p{settings.top_p:g}"
+    if settings.flip_average:
+        name += "_flip"
     folder, attempt = checkpoint.parent / name, 1
     while folder.exists():
         attempt += 1

@@ -120,6 +120,8 @@ class FeatureStore:
         """Rows as the decoder reads them: (B, L, C) grids or (B, C) pooled, float16 as stored (the decoder
         casts once); rows where `flip_mask` is set come from the mirrored images' features."""
         rows = np.asarray(rows)
+        if flip_mask is not None and len(rows) and flip_mask.all():  # read the mirrored rows only
+            return torch.from_numpy(np.ascontiguousarray((self.grid_flip if use_grid else self.pooled_flip)[rows]))
         features = np.ascontiguousarray((self.grid if use_grid else self.pooled)[rows])
         if flip_mask is not None and flip_mask.any():
             flipped = self.grid_flip if use_grid else self.pooled_flip

@@ -264,8 +264,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = c.scst_lr
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
-        references = f"{c.scst_xe_references} random reference(s)" if c.scst_xe_references else "the references"
-        mixed = f", plus {c.scst_xe_weight:g} x {references}' cross-entropy" if c.scst_xe_weight else ""
+        references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
+                      else "the references")
+        mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
 
