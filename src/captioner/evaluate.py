@@ -106,8 +106,8 @@ class FeatureLookup:
         else:
             self.live = None
             cache_dir = cache_dir or _trained_cache(model)
-            manifest = read_manifest(Path(cache_dir)) if cache_dir else None
-            if mirrored_too and manifest is not None and not manifest["settings"].get("flip"):
+            manifest = read_manifest(Path(cache_dir)) if mirrored_too and cache_dir else None
+            if manifest is not None and not manifest["settings"].get("flip"):
                 raise CaptionerError(f"--flip_average needs mirrored features, and the feature cache {cache_dir} "
                                      "has none (it was built without --augment_flip); pass a new --cache_dir to "
                                      "extract them with the plain ones")
