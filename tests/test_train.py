@@ -318,3 +318,18 @@ def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path
     assert history(trainer.run())[1]["objective"] == "self-critical"
     with pytest.raises(CaptionerError, match="--scst_xe_references 0"):
         Trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])
+
+
+def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Path, tmp_path: Path) -> None:
+    """Validation batches captions by length; the loss must still be that of each caption on its own."""
+    trainer = Trainer(small(shapes, tmp_path, amp=False, label_smoothing=0.1), ["captioner"])
+    loss, _ = trainer.validate()
+    dev, total, words = trainer.dev_set, 0.0, 0
+    with torch.no_grad():
+        for index, caption in enumerate(dev.captions):
+            tokens = torch.tensor([caption])
+            logits, _ = trainer.decoder(trainer._features_of_rows(dev.rows[[index]]), tokens)
+            total += float(trainer.loss_fn(logits[0], tokens[0, 1:]))
+            words += len(caption) - 1
+    assert len({len(c) for c in dev.captions}) > 1  # lengths differ, so padding is in play
+    assert loss == pytest.approx(total / words, rel=1e-5)
