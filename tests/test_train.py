@@ -333,3 +333,13 @@ def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Pat
             words += len(caption) - 1
     assert len({len(c) for c in dev.captions}) > 1  # lengths differ, so padding is in play
     assert loss == pytest.approx(total / words, rel=1e-5)
+
+
+def test_self_critical_learning_rate_decays_per_epoch_and_a_resume_keeps_it(shapes: Path, tmp_path: Path) -> None:
+    options = dict(epochs=1, scst_epochs=3, scst_samples=3, scst_lr=1e-3, scst_lr_decay=0.5, best_metric="CIDEr",
+                   max_images=40, keep_checkpoints=10)
+    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    assert [e["lr"] for e in history(run)[1:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    resumed = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
+    assert [e["lr"] for e in history(resumed)[1:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert [e["train_loss"] for e in history(resumed)] == [e["train_loss"] for e in history(run)]

@@ -190,6 +190,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(run, "--scst_epochs", type=int, default=0,
          help="after --epochs of cross-entropy, this many epochs of self-critical training on CIDEr-D")
     flag(run, "--scst_lr", type=float, default=2e-5, help="learning rate of self-critical training")
+    flag(run, "--scst_lr_decay", type=float, default=1.0,
+         help="multiply the self-critical learning rate by this after each self-critical epoch")
     flag(run, "--scst_samples", type=int, default=5, help="captions sampled per image in self-critical training")
     flag(run, "--scst_xe_weight", type=float, default=0.0,
          help="add this x the cross-entropy of the references to the self-critical loss (0: off)")

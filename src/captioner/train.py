@@ -84,6 +84,7 @@ class TrainConfig:
     best_metric: str = "val_loss"  # what picks best.pt and drives early stopping: val_loss, BLEU-4 or CIDEr
     scst_epochs: int = 0  # after the cross-entropy epochs, this many epochs of self-critical CIDEr-D training
     scst_lr: float = 2e-5
+    scst_lr_decay: float = 1.0  # each self-critical epoch after the first runs at the previous one's rate x this
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean of the others
     scst_xe_weight: float = 0.0  # self-critical loss + this x the cross-entropy of the images' references
     scst_xe_references: int | None = None  # references per image in that cross-entropy (None: all of them)
@@ -261,14 +262,13 @@ class Trainer:
         if self.best_weights is not None:
             self.decoder.load_state_dict(self.best_weights)
         self.optimizer.state.clear()
-        for group in self.optimizer.param_groups:
-            group["lr"] = c.scst_lr
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
         references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
                       else "the references")
         mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
-                 f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}")
+                 f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}"
+                 + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else ""))
 
     def _weights_of_epoch(self, epoch: int) -> dict:
         """A resumed run's best cross-entropy weights, for the self-critical epochs to start from, looked up
@@ -523,6 +523,8 @@ class Trainer:
             if epoch == c.epochs + 1 and self_critical:  # entering the phase (not resuming in the middle of it)
                 self._start_self_critical()
             if self_critical:
+                for group in self.optimizer.param_groups:  # from the epoch number, so a resumed run agrees
+                    group["lr"] = c.scst_lr * c.scst_lr_decay ** (epoch - c.epochs - 1)
                 train_loss, reward, speed = self.self_critical_epoch(epoch)
             else:
                 (train_loss, speed), reward = self.train_epoch(epoch), None
