@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import captioner.train as train_module
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.cli import main
 from captioner.data.shapes import generate_shapes
@@ -320,10 +321,22 @@ def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path
         Trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])
 
 
-def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Path, tmp_path: Path) -> None:
-    """Validation batches captions by length; the loss must still be that of each caption on its own."""
+def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Validation batches captions shortest first; the loss must still be that of each caption on its own."""
     trainer = Trainer(small(shapes, tmp_path, amp=False, label_smoothing=0.1), ["captioner"])
+    trainer.validation_batch = 4  # several batches, with a partial last one
+    batch_lengths = []
+    real_pad_captions = train_module.pad_captions
+
+    def recording_pad_captions(examples, indices):
+        batch_lengths.append([len(examples.captions[i]) for i in indices])
+        return real_pad_captions(examples, indices)
+
+    monkeypatch.setattr(train_module, "pad_captions", recording_pad_captions)
     loss, _ = trainer.validate()
+    lengths = [length for batch in batch_lengths for length in batch]
+    assert len(batch_lengths) > 2 and len(lengths) == len(trainer.dev_set) and lengths == sorted(lengths)
     dev, total, words = trainer.dev_set, 0.0, 0
     with torch.no_grad():
         for index, caption in enumerate(dev.captions):
@@ -343,3 +356,11 @@ def test_self_critical_learning_rate_decays_per_epoch_and_a_resume_keeps_it(shap
     resumed = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
     assert [e["lr"] for e in history(resumed)[1:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
     assert [e["train_loss"] for e in history(resumed)] == [e["train_loss"] for e in history(run)]
+    constant = Trainer(small(shapes, tmp_path, **{**options, "scst_lr_decay": 1.0}), ["captioner"]).run()
+    losses, constant_losses = [e["train_loss"] for e in history(run)], [e["train_loss"] for e in history(constant)]
+    assert losses[:2] == constant_losses[:2] and losses[2] != constant_losses[2]  # the rate was in effect
+
+
+def test_a_learning_rate_factor_of_zero_is_refused(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(CaptionerError, match="--scst_lr_decay 0"):
+        Trainer(small(shapes, tmp_path, scst_epochs=1, scst_lr_decay=0.0), ["captioner"])

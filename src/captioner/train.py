@@ -143,6 +143,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Trainer:
+    validation_batch = 256  # dev captions per teacher-forced batch
+
     def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
         self.config = config
         self.command = command or sys.argv
@@ -165,6 +167,9 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.dev_set) == 0:
             raise CaptionerError(f"{config.dataset_type}: the train and dev splits need usable captions "
                                  f"(train {len(self.train_set)}, dev {len(self.dev_set)})")
+        if config.scst_lr_decay <= 0:
+            raise CaptionerError(f"--scst_lr_decay {config.scst_lr_decay:g}: the learning rate's factor per "
+                                 "self-critical epoch must be above 0 (1 keeps it constant)")
         if config.scst_xe_references is not None and config.scst_xe_references < 1:
             raise CaptionerError(f"--scst_xe_references {config.scst_xe_references}: needs at least 1 reference per image")
         if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
@@ -256,8 +261,15 @@ class Trainer:
                 references[row] = [clean_caption(text)[: self.config.max_length] for text in record.captions]
         return SelfCritical(references, self.vocab, self.config.scst_samples, self.config.scst_bleu_weight)
 
+    def _set_self_critical_lr(self) -> None:
+        """--scst_lr x --scst_lr_decay per self-critical epoch already in the history, so that a resumed or
+        continued run goes on where it stopped."""
+        done = sum(entry.get("objective") == "self-critical" for entry in self.history)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.scst_lr * self.config.scst_lr_decay ** done
+
     def _start_self_critical(self) -> None:
-        """Continue from the best cross-entropy weights with a fresh, small, constant learning rate."""
+        """Continue from the best cross-entropy weights with a fresh optimizer state, at a small learning rate."""
         c = self.config
         if self.best_weights is not None:
             self.decoder.load_state_dict(self.best_weights)
@@ -449,10 +461,10 @@ class Trainer:
         """Dev cross-entropy per word and greedy BLEU; every process computes the same numbers. Captions go
         through the cross-entropy pass shortest first: batches of similar length step over half the padding."""
         self.decoder.eval()
-        total, words = 0.0, 0
+        total, words, batch = 0.0, 0, self.validation_batch
         order = sorted(range(len(self.dev_set)), key=lambda index: len(self.dev_set.captions[index]))
-        for start in range(0, len(order), 256):
-            indices = order[start:start + 256]
+        for start in range(0, len(order), batch):
+            indices = order[start:start + batch]
             captions = pad_captions(self.dev_set, indices).to(self.device)
             features = self._features_of_rows(self.dev_set.rows[indices])
             with autocast(self.device, self.config.amp):
@@ -523,8 +535,7 @@ class Trainer:
             if epoch == c.epochs + 1 and self_critical:  # entering the phase (not resuming in the middle of it)
                 self._start_self_critical()
             if self_critical:
-                for group in self.optimizer.param_groups:  # from the epoch number, so a resumed run agrees
-                    group["lr"] = c.scst_lr * c.scst_lr_decay ** (epoch - c.epochs - 1)
+                self._set_self_critical_lr()
                 train_loss, reward, speed = self.self_critical_epoch(epoch)
             else:
                 (train_loss, speed), reward = self.train_epoch(epoch), None
