@@ -139,6 +139,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def check_options(config: TrainConfig) -> None:
+    """Settings that are wrong on their own, whatever the data."""
+    if config.scst_lr_decay <= 0:
+        raise CaptionerError(f"--scst_lr_decay {config.scst_lr_decay:g}: the learning rate's factor per "
+                             "self-critical epoch must be above 0 (1 keeps it constant)")
+    if config.scst_xe_references is not None and config.scst_xe_references < 1:
+        raise CaptionerError(f"--scst_xe_references {config.scst_xe_references}: needs at least 1 reference per image")
+    if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
+        raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
+                             "attention to draw")
+
+
 # ---------------------------------------------------------------- the trainer
 
 
@@ -146,6 +158,7 @@ class Trainer:
     validation_batch = 256  # dev captions per teacher-forced batch
 
     def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
+        check_options(config)  # before minutes of feature extraction, not after
         self.config = config
         self.command = command or sys.argv
         self.processes, device = start_processes(config.device)
@@ -167,14 +180,6 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.dev_set) == 0:
             raise CaptionerError(f"{config.dataset_type}: the train and dev splits need usable captions "
                                  f"(train {len(self.train_set)}, dev {len(self.dev_set)})")
-        if config.scst_lr_decay <= 0:
-            raise CaptionerError(f"--scst_lr_decay {config.scst_lr_decay:g}: the learning rate's factor per "
-                                 "self-critical epoch must be above 0 (1 keeps it constant)")
-        if config.scst_xe_references is not None and config.scst_xe_references < 1:
-            raise CaptionerError(f"--scst_xe_references {config.scst_xe_references}: needs at least 1 reference per image")
-        if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
-            raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
-                                 "attention to draw")
         h, w, channels = self.store.grid_shape
         self.model_config = DecoderConfig(config.decoder, len(self.vocab), channels, config.embed_size,
                                           config.hidden_size, config.attention_dim, config.num_layers,
