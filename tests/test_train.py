@@ -245,6 +245,38 @@ def test_a_resumed_run_stops_early_where_the_original_would(shapes: Path, tmp_pa
     assert resumed[-1]["epoch"] == stopped_at
 
 
+def test_resumed_from_the_epoch_that_stopped_early_goes_on_to_self_critical(shapes: Path, tmp_path: Path) -> None:
+    """Was: one more cross-entropy epoch, then self-critical (the checkpoint's patience had run out)."""
+    options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2, scst_epochs=1, scst_samples=3,
+                   best_metric="CIDEr", max_images=40, keep_checkpoints=40)
+    whole_run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    whole = history(whole_run)
+    stopped_at = [e for e in whole if e["objective"] == "cross-entropy"][-1]["epoch"]
+    assert stopped_at < 30 and [e["epoch"] for e in whole][-1] == 31
+    resumed = history(Trainer(small(shapes, tmp_path, **options,
+                                    resume=str(whole_run / f"model_epoch_{stopped_at}.pt")), ["captioner"]).run())
+    assert [(e["epoch"], e["objective"]) for e in resumed] == [(e["epoch"], e["objective"]) for e in whole]
+    assert resumed[-1]["train_loss"] == whole[-1]["train_loss"]
+
+
+def test_a_run_that_stopped_early_is_not_resumed_but_can_be_continued(shapes: Path, tmp_path: Path) -> None:
+    options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2, keep_checkpoints=40)
+    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    stopped_at = history(run)[-1]["epoch"]
+    last = run / f"model_epoch_{stopped_at}.pt"
+    with pytest.raises(CaptionerError, match=f"epoch {stopped_at}, at which early stopping ended the run"):
+        Trainer(small(shapes, tmp_path, **options, resume=str(last)), ["captioner"])
+    # --model_path asks for more epochs: early stopping counts afresh (was: stopped after one)
+    continuation = tmp_path / "continued"
+    assert main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
+                 "--cache_dir", str(tmp_path / "cache"), "--embed_size", "16", "--hidden_size", "16",
+                 "--attention_dim", "16", "--batch_size", "16", "--learning_rate", "0.3", "--freq_threshold", "1",
+                 "--num_workers", "0", "--early_stopping_patience", "2", "--output_dir", str(continuation),
+                 "--model_path", str(last), "--epochs", "5"]) == 0
+    (continued,) = continuation.iterdir()
+    assert len(history(continued)) - stopped_at >= 2
+
+
 def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_later_best(shapes: Path,
                                                                                        tmp_path: Path) -> None:
     options = dict(epochs=3, scst_epochs=1, scst_samples=3, best_metric="CIDEr", keep_checkpoints=10, max_images=40)

@@ -208,7 +208,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(run, "--advanced_attention_viz", action="store_true",
          help="also write advanced_attention_viz_sample_K.png (probabilities, entropy, overall focus)")
     flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
-    flag(run, "--model_path", type=Path, help="checkpoint to continue from for --epochs more epochs")
+    flag(run, "--model_path", type=Path,
+         help="checkpoint to continue from for --epochs more epochs (early stopping counts afresh)")
     flag(run, "--mode", choices=("train", "test"), default="train",
          help="test: evaluate --model_path instead (same as `captioner evaluate`)")
     from captioner.presets import PRESETS
@@ -226,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.model_path is not None and args.resume is None:
         args.resume = args.model_path
         args.epochs = load_checkpoint(args.model_path)["epoch"] + args.epochs
+        args.restart_patience = True
     config = TrainConfig.from_namespace(args)
     folder = Trainer(config, sys.argv).run()
     if folder is not None:  # None on the non-main processes of a torchrun launch

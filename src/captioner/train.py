@@ -98,6 +98,7 @@ class TrainConfig:
     attention_viz_samples: int = 3
     advanced_attention_viz: bool = False
     resume: str | None = None
+    restart_patience: bool = False  # --model_path: more epochs were asked for, so early stopping counts afresh
     preset: str | None = None  # the named recipe the settings came from, if any
 
     @classmethod
@@ -151,6 +152,23 @@ def check_options(config: TrainConfig) -> None:
                              "attention to draw")
 
 
+def stopped_early(config: TrainConfig, checkpoint: dict) -> bool:
+    """Whether resuming from the checkpoint resumes a phase that early stopping had ended at its epoch."""
+    return (config.early_stopping_patience is not None and not config.restart_patience
+            and checkpoint.get("best_metric", "val_loss") == config.best_metric
+            and checkpoint.get("patience_left") is not None and checkpoint["patience_left"] <= 0)
+
+
+def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
+    """Resuming a run that early stopping ended leaves nothing to do: say so, and how to train on."""
+    epoch = checkpoint["epoch"]
+    if stopped_early(config, checkpoint) and not (epoch <= config.epochs and config.scst_epochs):
+        raise CaptionerError(f"checkpoint {config.resume} is of epoch {epoch}, at which early stopping ended the run "
+                             f"(no better {config.best_metric} for {config.early_stopping_patience} epochs); nothing "
+                             "is left to resume. To train on anyway, continue it with --model_path and --epochs N "
+                             "(N more epochs; early stopping counts afresh)")
+
+
 # ---------------------------------------------------------------- the trainer
 
 
@@ -165,6 +183,8 @@ class Trainer:
         self.device = device or pick_device(config.device)
         keep_freed_memory()
         self.parent = load_checkpoint(config.resume) if config.resume else None
+        if self.parent is not None:
+            check_not_finished(config, self.parent)  # before the data and features, too
         if self.parent is not None and self.processes.is_main:
             remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
         self.dataset = self._load_data()
@@ -328,6 +348,10 @@ class Trainer:
                                      if self.best_epoch == checkpoint["epoch"] else self._weights_of_epoch(self.best_epoch))
             if self.config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
                 self.patience_left = min(checkpoint["patience_left"], self.config.early_stopping_patience)
+                if self.config.restart_patience:
+                    self.patience_left = self.config.early_stopping_patience
+                elif stopped_early(self.config, checkpoint):  # on to self-critical, as the original run went
+                    self.start_epoch, self.patience_left = self.config.epochs + 1, self.config.early_stopping_patience
         self.history = list(checkpoint.get("history", []))
         torch.set_rng_state(checkpoint["rng"]["torch"])
 
