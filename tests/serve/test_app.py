@@ -70,6 +70,25 @@ def test_caption_an_upload(client) -> None:
     assert gray.status_code == 200
 
 
+def test_caption_averaged_with_the_mirror_image(client, tiny_checkpoint: Path) -> None:
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    image.paste((30, 30, 200), (40, 0, 64, 48))  # not its own mirror image
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    expected = Captioner.load(tiny_checkpoint, device="cpu").caption(image, beam_size=3, num_captions=3,
+                                                                  flip_average=True)[0]
+    response = client.post("/api/caption", files={"file": ("lopsided.png", buffer.getvalue(), "image/png")},
+                           data={"beam_size": "3", "flip_average": "true"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["settings"]["flip_average"] is True
+    assert [c["text"] for c in answer["captions"]] == [c.text for c in expected.captions]
+    plain = client.post("/api/caption?flip_average=off", files={"file": ("p.png", buffer.getvalue(), "image/png")})
+    assert plain.json()["settings"]["flip_average"] is False
+    wrong = client.post("/api/caption?flip_average=maybe", files={"file": ("p.png", buffer.getvalue(), "image/png")})
+    assert wrong.status_code == 422 and "flip_average" in wrong.json()["error"]
+
+
 @pytest.mark.parametrize("upload, status, message", [
     (("notes.txt", b"hello, not a photo", "text/plain"), 415, "not an image type"),
     (("fake.jpg", b"hello, not a photo", "image/jpeg"), 415, "not an image"),

@@ -27,6 +27,7 @@ from captioner.serve.review import Evaluation
 STATIC = Path(__file__).parent / "static"
 STATUS_OF_IMAGE_ERROR = {"not_image": 415, "too_large": 400, "undecodable": 400, "missing": 400}
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # browsers send some photos (HEIC, RAW) as octet-stream
+TRUTH = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}  # form and query spellings
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -137,7 +138,8 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
     async def caption(request: Request, file: UploadFile = File(...), strategy: str | None = Form(None),
                       beam_size: int | None = Form(None), num_captions: int | None = Form(None),
                       temperature: float | None = Form(None), top_k: int | None = Form(None),
-                      top_p: float | None = Form(None), max_length: int | None = Form(None)) -> JSONResponse:
+                      top_p: float | None = Form(None), max_length: int | None = Form(None),
+                      flip_average: str | None = Form(None)) -> JSONResponse:
         started = time.perf_counter()
         query = request.query_params
         options = {"strategy": strategy or query.get("strategy", "beam")}
@@ -150,6 +152,11 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                     options[name] = kind(value)
                 except ValueError:
                     return error(422, f"{name}: not a number")
+        mirrored = flip_average if flip_average is not None else query.get("flip_average")
+        if mirrored is not None:
+            if mirrored.lower() not in TRUTH:
+                return error(422, f"flip_average: {mirrored!r} is not one of {', '.join(TRUTH)}")
+            options["flip_average"] = TRUTH[mirrored.lower()]
         options.setdefault("beam_size", 3)
         options["num_captions"] = min(options.get("num_captions", options["beam_size"]
                                                   if options["strategy"] == "beam" else 1), 10)
@@ -179,7 +186,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
             "grid": list(captioner.grid) if captioner.uses_attention else None,
             "image": {"width": image.width, "height": image.height},
             "settings": {"strategy": settings.strategy, "beam_size": settings.beam_size,
-                         "temperature": settings.temperature},
+                         "temperature": settings.temperature, "flip_average": settings.flip_average},
             "seconds": round(time.perf_counter() - started, 3),
         })
 

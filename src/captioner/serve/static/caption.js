@@ -28,6 +28,7 @@ function settings() {
     options.append("temperature", form.get("temperature"));
     options.append("num_captions", 3);
   }
+  if (form.get("flip_average")) options.append("flip_average", "true");
   return options;
 }
 
@@ -67,7 +68,7 @@ async function caption(file) {
     setStatus(`Captioned in ${answer.seconds.toFixed(2)} s` +
       (answer.settings.strategy === "beam" ? ` with beam search (beam ${answer.settings.beam_size})` :
         answer.settings.strategy === "sample" ? ` by sampling (temperature ${answer.settings.temperature})` :
-          " greedily"));
+          " greedily") + (answer.settings.flip_average ? ", averaged with the mirror image" : ""));
   } catch (error) {
     state.captions = [];
     render();
