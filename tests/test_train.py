@@ -259,22 +259,65 @@ def test_resumed_from_the_epoch_that_stopped_early_goes_on_to_self_critical(shap
     assert resumed[-1]["train_loss"] == whole[-1]["train_loss"]
 
 
-def test_a_run_that_stopped_early_is_not_resumed_but_can_be_continued(shapes: Path, tmp_path: Path) -> None:
+def cli_train(shapes: Path, tmp_path: Path, output: Path, *extra: str) -> Path:
+    """`captioner train` with the model of small(), into a new folder; returns the run directory."""
+    assert main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
+                 "--cache_dir", str(tmp_path / "cache"), "--embed_size", "16", "--hidden_size", "16",
+                 "--attention_dim", "16", "--batch_size", "16", "--freq_threshold", "1", "--num_workers", "0",
+                 "--output_dir", str(output), *extra]) == 0
+    (run,) = output.iterdir()
+    return run
+
+
+def test_a_run_that_stopped_early_is_not_resumed_but_can_be_continued(shapes: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
     options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2, keep_checkpoints=40)
     run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
     stopped_at = history(run)[-1]["epoch"]
     last = run / f"model_epoch_{stopped_at}.pt"
-    with pytest.raises(CaptionerError, match=f"epoch {stopped_at}, at which early stopping ended the run"):
-        Trainer(small(shapes, tmp_path, **options, resume=str(last)), ["captioner"])
+
+    def no_data(self):
+        raise AssertionError("the data was loaded before the refusal")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_load_data", no_data)
+        # refused whatever this command's patience: the original run did stop there
+        for patience in (2, 5):
+            with pytest.raises(CaptionerError, match=f"epoch {stopped_at}, at which early stopping ended the run"):
+                Trainer(small(shapes, tmp_path, **{**options, "early_stopping_patience": patience},
+                              resume=str(last)), ["captioner"])
     # --model_path asks for more epochs: early stopping counts afresh (was: stopped after one)
-    continuation = tmp_path / "continued"
-    assert main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
-                 "--cache_dir", str(tmp_path / "cache"), "--embed_size", "16", "--hidden_size", "16",
-                 "--attention_dim", "16", "--batch_size", "16", "--learning_rate", "0.3", "--freq_threshold", "1",
-                 "--num_workers", "0", "--early_stopping_patience", "2", "--output_dir", str(continuation),
-                 "--model_path", str(last), "--epochs", "5"]) == 0
-    (continued,) = continuation.iterdir()
+    continued = cli_train(shapes, tmp_path, tmp_path / "continued", "--learning_rate", "0.3",
+                          "--early_stopping_patience", "2", "--keep_checkpoints", "40", "--model_path", str(last),
+                          "--epochs", "5")
+    assert load_checkpoint(continued / f"model_epoch_{stopped_at + 1}.pt")["patience_left"] >= 1
     assert len(history(continued)) - stopped_at >= 2
+
+
+def test_a_self_critical_checkpoint_is_continued_with_self_critical_epochs(shapes: Path, tmp_path: Path) -> None:
+    """Was: --model_path on a self-critical checkpoint trained cross-entropy epochs after it."""
+    common = ("--best_metric", "CIDEr", "--scst_samples", "3", "--max_images", "40", "--learning_rate", "3e-3")
+    first = cli_train(shapes, tmp_path, tmp_path / "first", *common, "--epochs", "1", "--scst_epochs", "1")
+    continued = cli_train(shapes, tmp_path, tmp_path / "continued", *common, "--model_path",
+                          str(first / "model_epoch_2.pt"), "--epochs", "2")
+    assert [(e["epoch"], e["objective"]) for e in history(continued)] == [
+        (1, "cross-entropy"), (2, "self-critical"), (3, "self-critical"), (4, "self-critical")]
+
+
+def test_what_a_checkpoint_of_an_early_stop_leaves_to_resume() -> None:
+    def checkpoint(objective: str) -> dict:
+        return {"epoch": 7, "patience_left": 0, "best_metric": "CIDEr", "history": [{"objective": objective}],
+                "train_config": {"early_stopping_patience": 3}}
+
+    config = TrainConfig(epochs=9, scst_epochs=2, early_stopping_patience=3, best_metric="CIDEr", resume="ck.pt")
+    train_module.check_not_finished(config, checkpoint("cross-entropy"))  # on to self-critical
+    with pytest.raises(CaptionerError, match=r"ck.pt is of epoch 7.*no better CIDEr for 3 epochs"):
+        train_module.check_not_finished(config, checkpoint("self-critical"))
+    with pytest.raises(CaptionerError, match="--model_path"):
+        train_module.check_not_finished(TrainConfig(epochs=9, resume="ck.pt"), checkpoint("cross-entropy"))
+    continuation = TrainConfig(epochs=9, restart_patience=True, resume="ck.pt")
+    train_module.check_not_finished(continuation, checkpoint("self-critical"))
+    train_module.check_not_finished(config, {**checkpoint("self-critical"), "patience_left": 1})
 
 
 def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_later_best(shapes: Path,

@@ -209,7 +209,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
          help="also write advanced_attention_viz_sample_K.png (probabilities, entropy, overall focus)")
     flag(run, "--resume", type=Path, help="checkpoint to continue from, up to --epochs in all")
     flag(run, "--model_path", type=Path,
-         help="checkpoint to continue from for --epochs more epochs (early stopping counts afresh)")
+         help="checkpoint to continue from for --epochs more epochs of its kind (cross-entropy or self-critical; "
+              "early stopping counts afresh)")
     flag(run, "--mode", choices=("train", "test"), default="train",
          help="test: evaluate --model_path instead (same as `captioner evaluate`)")
     from captioner.presets import PRESETS
@@ -224,10 +225,16 @@ def run_train(args: argparse.Namespace) -> int:
     from captioner.checkpoint import load_checkpoint
     from captioner.train import Trainer, TrainConfig
 
-    if args.model_path is not None and args.resume is None:
-        args.resume = args.model_path
-        args.epochs = load_checkpoint(args.model_path)["epoch"] + args.epochs
-        args.restart_patience = True
+    if args.model_path is not None and args.resume is None:  # N more epochs of the checkpoint's kind
+        checkpoint = load_checkpoint(args.model_path)
+        args.resume, args.restart_patience = args.model_path, True
+        history = checkpoint.get("history") or [{}]
+        if history[-1].get("objective") == "self-critical":
+            # self-critical epochs are numbered after the cross-entropy epochs the run was given
+            cross_entropy = min(e["epoch"] for e in history if e.get("objective") == "self-critical") - 1
+            args.epochs, args.scst_epochs = cross_entropy, checkpoint["epoch"] - cross_entropy + args.epochs
+        else:
+            args.epochs = checkpoint["epoch"] + args.epochs
     config = TrainConfig.from_namespace(args)
     folder = Trainer(config, sys.argv).run()
     if folder is not None:  # None on the non-main processes of a torchrun launch

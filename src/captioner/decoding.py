@@ -56,6 +56,8 @@ class DecodeSettings:
             raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        if self.length_penalty < 0 or self.no_repeat_ngram < 0:
+            raise ValueError("length_penalty and no_repeat_ngram must be >= 0")
 
 
 def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,

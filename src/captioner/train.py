@@ -152,21 +152,25 @@ def check_options(config: TrainConfig) -> None:
                              "attention to draw")
 
 
-def stopped_early(config: TrainConfig, checkpoint: dict) -> bool:
-    """Whether resuming from the checkpoint resumes a phase that early stopping had ended at its epoch."""
-    return (config.early_stopping_patience is not None and not config.restart_patience
-            and checkpoint.get("best_metric", "val_loss") == config.best_metric
-            and checkpoint.get("patience_left") is not None and checkpoint["patience_left"] <= 0)
+def stopped_early(checkpoint: dict) -> bool:
+    """Whether early stopping ended a phase of the checkpoint's run at the checkpoint's epoch (the count of epochs
+    left without a better dev score had run out)."""
+    return checkpoint.get("patience_left") is not None and checkpoint["patience_left"] <= 0
 
 
 def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
-    """Resuming a run that early stopping ended leaves nothing to do: say so, and how to train on."""
-    epoch = checkpoint["epoch"]
-    if stopped_early(config, checkpoint) and not (epoch <= config.epochs and config.scst_epochs):
-        raise CaptionerError(f"checkpoint {config.resume} is of epoch {epoch}, at which early stopping ended the run "
-                             f"(no better {config.best_metric} for {config.early_stopping_patience} epochs); nothing "
-                             "is left to resume. To train on anyway, continue it with --model_path and --epochs N "
-                             "(N more epochs; early stopping counts afresh)")
+    """A resume goes on as the original run went on; where early stopping ended that run, nothing is left. The
+    checkpoint decides, not this command's options: the original run did stop there."""
+    if config.restart_patience or not stopped_early(checkpoint):
+        return
+    history = checkpoint.get("history") or [{}]
+    if history[-1].get("objective", "cross-entropy") == "cross-entropy" and config.scst_epochs:
+        return  # on to the self-critical epochs
+    patience = checkpoint.get("train_config", {}).get("early_stopping_patience")
+    raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, at which early stopping ended "
+                         f"the run (no better {checkpoint.get('best_metric')} for {patience} epochs); nothing is left "
+                         "to resume, whatever --early_stopping_patience says now. To train on, continue it with "
+                         "--model_path and --epochs N (N more epochs of the same kind; early stopping counts afresh)")
 
 
 # ---------------------------------------------------------------- the trainer
@@ -177,14 +181,14 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
         check_options(config)  # before minutes of feature extraction, not after
+        self.parent = load_checkpoint(config.resume) if config.resume else None
+        if self.parent is not None:
+            check_not_finished(config, self.parent)  # before the data and features, too
         self.config = config
         self.command = command or sys.argv
         self.processes, device = start_processes(config.device)
         self.device = device or pick_device(config.device)
         keep_freed_memory()
-        self.parent = load_checkpoint(config.resume) if config.resume else None
-        if self.parent is not None:
-            check_not_finished(config, self.parent)  # before the data and features, too
         if self.parent is not None and self.processes.is_main:
             remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
         self.dataset = self._load_data()
@@ -341,6 +345,9 @@ class Trainer:
         if self.schedule is not None and checkpoint.get("scheduler"):
             self.schedule.load_state_dict(checkpoint["scheduler"])
         self.start_epoch = checkpoint["epoch"] + 1
+        skip_to_self_critical = stopped_early(checkpoint) and not self.config.restart_patience  # see check_not_finished
+        if skip_to_self_critical:  # as the original run went on
+            self.start_epoch = self.config.epochs + 1
         if checkpoint.get("best_metric", "val_loss") == self.config.best_metric:
             self.best_score, self.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
             if self.config.scst_epochs and 0 < self.best_epoch and checkpoint["epoch"] <= self.config.epochs:
@@ -348,10 +355,8 @@ class Trainer:
                                      if self.best_epoch == checkpoint["epoch"] else self._weights_of_epoch(self.best_epoch))
             if self.config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
                 self.patience_left = min(checkpoint["patience_left"], self.config.early_stopping_patience)
-                if self.config.restart_patience:
+                if self.config.restart_patience or skip_to_self_critical:
                     self.patience_left = self.config.early_stopping_patience
-                elif stopped_early(self.config, checkpoint):  # on to self-critical, as the original run went
-                    self.start_epoch, self.patience_left = self.config.epochs + 1, self.config.early_stopping_patience
         self.history = list(checkpoint.get("history", []))
         torch.set_rng_state(checkpoint["rng"]["torch"])
 

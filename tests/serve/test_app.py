@@ -82,11 +82,25 @@ def test_caption_averaged_with_the_mirror_image(client, tiny_checkpoint: Path) -
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["settings"]["flip_average"] is True
-    assert [c["text"] for c in answer["captions"]] == [c.text for c in expected.captions]
+    assert [(c["text"], c["score"]) for c in answer["captions"]] == [(c.text, c.score) for c in expected.captions]
     plain = client.post("/api/caption?flip_average=off", files={"file": ("p.png", buffer.getvalue(), "image/png")})
     assert plain.json()["settings"]["flip_average"] is False
+    assert [c["score"] for c in plain.json()["captions"]] != [c["score"] for c in answer["captions"]]
     wrong = client.post("/api/caption?flip_average=maybe", files={"file": ("p.png", buffer.getvalue(), "image/png")})
     assert wrong.status_code == 422 and "flip_average" in wrong.json()["error"]
+
+
+def test_caption_with_a_length_penalty(client, tiny_checkpoint: Path) -> None:
+    upload = {"file": ("photo.png", png_bytes(), "image/png")}
+    ranked = client.post("/api/caption", files=upload, data={"length_penalty": "1", "no_repeat_ngram": "2"}).json()
+    assert ranked["settings"]["length_penalty"] == 1 and ranked["settings"]["no_repeat_ngram"] == 2
+    expected = Captioner.load(tiny_checkpoint, device="cpu").caption(
+        Image.open(io.BytesIO(png_bytes())), num_captions=3, length_penalty=1, no_repeat_ngram=2)[0]
+    assert [(c["text"], c["score"]) for c in ranked["captions"]] == [(c.text, c.score) for c in expected.captions]
+    plain = client.post("/api/caption", files={"file": ("photo.png", png_bytes(), "image/png")}).json()
+    assert [c["score"] for c in plain["captions"]] != [c["score"] for c in ranked["captions"]]
+    refused = client.post("/api/caption?length_penalty=-1", files={"file": ("photo.png", png_bytes(), "image/png")})
+    assert refused.status_code == 422 and "length_penalty" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("upload, status, message", [

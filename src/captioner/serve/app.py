@@ -139,13 +139,15 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                       beam_size: int | None = Form(None), num_captions: int | None = Form(None),
                       temperature: float | None = Form(None), top_k: int | None = Form(None),
                       top_p: float | None = Form(None), max_length: int | None = Form(None),
+                      length_penalty: float | None = Form(None), no_repeat_ngram: int | None = Form(None),
                       flip_average: str | None = Form(None)) -> JSONResponse:
         started = time.perf_counter()
         query = request.query_params
         options = {"strategy": strategy or query.get("strategy", "beam")}
         for name, given, kind in (("beam_size", beam_size, int), ("num_captions", num_captions, int),
                                   ("temperature", temperature, float), ("top_k", top_k, int), ("top_p", top_p, float),
-                                  ("max_length", max_length, int)):
+                                  ("max_length", max_length, int), ("length_penalty", length_penalty, float),
+                                  ("no_repeat_ngram", no_repeat_ngram, int)):
             value = given if given is not None else query.get(name)
             if value is not None:
                 try:
@@ -186,6 +188,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
             "grid": list(captioner.grid) if captioner.uses_attention else None,
             "image": {"width": image.width, "height": image.height},
             "settings": {"strategy": settings.strategy, "beam_size": settings.beam_size,
+                         "length_penalty": settings.length_penalty, "no_repeat_ngram": settings.no_repeat_ngram,
                          "temperature": settings.temperature, "flip_average": settings.flip_average},
             "seconds": round(time.perf_counter() - started, 3),
         })

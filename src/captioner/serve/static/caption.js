@@ -23,6 +23,7 @@ function settings() {
   options.append("strategy", strategy);
   if (strategy === "beam") {
     options.append("beam_size", form.get("beam_size"));
+    options.append("length_penalty", form.get("length_penalty") || "0");
     options.append("num_captions", Math.min(Number(form.get("beam_size")) || 1, 5));
   } else if (strategy === "sample") {
     options.append("temperature", form.get("temperature"));
@@ -66,7 +67,7 @@ async function caption(file) {
     state.current = 0;
     render();
     setStatus(`Captioned in ${answer.seconds.toFixed(2)} s` +
-      (answer.settings.strategy === "beam" ? ` with beam search (beam ${answer.settings.beam_size})` :
+      (answer.settings.strategy === "beam" ? ` with beam search (beam ${answer.settings.beam_size}, length penalty ${answer.settings.length_penalty})` :
         answer.settings.strategy === "sample" ? ` by sampling (temperature ${answer.settings.temperature})` :
           " greedily") + (answer.settings.flip_average ? ", averaged with the mirror image" : ""));
   } catch (error) {
@@ -201,6 +202,7 @@ $("settings").addEventListener("submit", (event) => { event.preventDefault(); ca
 $("settings").addEventListener("change", () => {
   const strategy = new FormData($("settings")).get("strategy");
   $("beam-row").hidden = strategy !== "beam";
+  $("length-row").hidden = strategy !== "beam";
   $("temperature-row").hidden = strategy !== "sample";
 });
 $("temperature").addEventListener("input", (event) => {
