@@ -33,6 +33,15 @@ function settings() {
   return options;
 }
 
+function howDecoded(settings) {
+  let how = settings.strategy === "greedy" ? "greedily"
+    : settings.strategy === "sample" ? `by sampling (temperature ${settings.temperature})`
+    : `with beam search (beam ${settings.beam_size}` +
+      (settings.length_penalty ? `, length penalty ${settings.length_penalty})` : ")");
+  if (settings.flip_average) how += ", averaged with the mirror image";
+  return how;
+}
+
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
@@ -66,10 +75,7 @@ async function caption(file) {
     state.grid = answer.grid;
     state.current = 0;
     render();
-    setStatus(`Captioned in ${answer.seconds.toFixed(2)} s` +
-      (answer.settings.strategy === "beam" ? ` with beam search (beam ${answer.settings.beam_size}, length penalty ${answer.settings.length_penalty})` :
-        answer.settings.strategy === "sample" ? ` by sampling (temperature ${answer.settings.temperature})` :
-          " greedily") + (answer.settings.flip_average ? ", averaged with the mirror image" : ""));
+    setStatus(`Captioned in ${answer.seconds.toFixed(2)} s ${howDecoded(answer.settings)}`);
   } catch (error) {
     state.captions = [];
     render();
