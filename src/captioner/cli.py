@@ -223,18 +223,12 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
 
 def run_train(args: argparse.Namespace) -> int:
     from captioner.checkpoint import load_checkpoint
-    from captioner.train import Trainer, TrainConfig
+    from captioner.train import Trainer, TrainConfig, continuation_epochs
 
     if args.model_path is not None and args.resume is None:  # N more epochs of the checkpoint's kind
         checkpoint = load_checkpoint(args.model_path)
         args.resume, args.restart_patience = args.model_path, True
-        history = checkpoint.get("history") or [{}]
-        if history[-1].get("objective") == "self-critical":
-            # self-critical epochs are numbered after the cross-entropy epochs the run was given
-            cross_entropy = min(e["epoch"] for e in history if e.get("objective") == "self-critical") - 1
-            args.epochs, args.scst_epochs = cross_entropy, checkpoint["epoch"] - cross_entropy + args.epochs
-        else:
-            args.epochs = checkpoint["epoch"] + args.epochs
+        args.epochs, args.scst_epochs = continuation_epochs(checkpoint, args.epochs, args.scst_epochs)
     config = TrainConfig.from_namespace(args)
     folder = Trainer(config, sys.argv).run()
     if folder is not None:  # None on the non-main processes of a torchrun launch

@@ -158,13 +158,27 @@ def stopped_early(checkpoint: dict) -> bool:
     return checkpoint.get("patience_left") is not None and checkpoint["patience_left"] <= 0
 
 
+def last_objective(checkpoint: dict) -> str:
+    """"cross-entropy" or "self-critical": what the checkpoint's epoch trained."""
+    history = checkpoint.get("history") or [{}]
+    return history[-1].get("objective", "cross-entropy")
+
+
+def continuation_epochs(checkpoint: dict, more: int, scst_epochs: int) -> tuple[int, int]:
+    """(--epochs, --scst_epochs) that train `more` epochs after the checkpoint, of the kind its epoch was."""
+    if last_objective(checkpoint) == "self-critical":
+        # self-critical epochs are numbered after the cross-entropy epochs the run was given
+        cross_entropy = min(e["epoch"] for e in checkpoint["history"] if e.get("objective") == "self-critical") - 1
+        return cross_entropy, checkpoint["epoch"] - cross_entropy + more
+    return checkpoint["epoch"] + more, scst_epochs
+
+
 def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
     """A resume goes on as the original run went on; where early stopping ended that run, nothing is left. The
     checkpoint decides, not this command's options: the original run did stop there."""
     if config.restart_patience or not stopped_early(checkpoint):
         return
-    history = checkpoint.get("history") or [{}]
-    if history[-1].get("objective", "cross-entropy") == "cross-entropy" and config.scst_epochs:
+    if last_objective(checkpoint) == "cross-entropy" and config.scst_epochs:
         return  # on to the self-critical epochs
     patience = checkpoint.get("train_config", {}).get("early_stopping_patience")
     raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, at which early stopping ended "
