@@ -1,4 +1,4 @@
-"""torchrun with two CPU processes trains the same model as one process with the same global batch."""
+"""torchrun with two CPU processes trains and validates the same model as one process with the same global batch."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert "2 processes" in launched.stdout
     one, two = only_run(tmp_path / "one"), only_run(tmp_path / "two")  # only rank 0 wrote a run directory
     first, second = (json.loads((run / "metrics_history.json").read_text()) for run in (one, two))
-    for name in ("train_loss", "val_loss", "lr"):
+    # validation is sharded too: each process scores its share of the dev captions and greedy-captions its share
+    # of the dev images; the totals and the scores over all of them are the single process's
+    for name in ("train_loss", "val_loss", "lr", "BLEU-4", "CIDEr"):
         assert [e[name] for e in second] == [pytest.approx(e[name], rel=1e-4) for e in first], name
     weights_one, weights_two = (load_checkpoint(run / "model_epoch_2.pt")["model"] for run in (one, two))
     for name, value in weights_one.items():

@@ -19,7 +19,9 @@ from captioner.cli import main
 from captioner.data.shapes import generate_shapes
 from captioner.errors import CaptionerError
 from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
-from captioner.train import Trainer, TrainConfig
+from captioner.data.vocab import clean_caption
+from captioner.distributed import Processes
+from captioner.train import Trainer, TrainConfig, dev_scores
 
 
 @pytest.fixture(scope="module")
@@ -421,6 +423,38 @@ def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Pat
             words += len(caption) - 1
     assert len({len(c) for c in dev.captions}) > 1  # lengths differ, so padding is in play
     assert loss == pytest.approx(total / words, rel=1e-5)
+
+
+def test_under_torchrun_each_process_validates_its_share(shapes: Path, tmp_path: Path) -> None:
+    """Each of two processes computes the dev loss over half the batches and captions half the dev images;
+    what they exchange adds up to the single process's loss and scores."""
+    trainer = Trainer(small(shapes, tmp_path, amp=False), ["captioner"])
+    trainer.validation_batch = 4  # several batches
+    whole_loss, whole_scores = trainer.validate()
+    sums: dict[int, tuple] = {}
+    shares: dict[int, dict] = {}
+
+    class OneOfTwo(Processes):
+        """A process of two, without a process group: what it would send the other is recorded."""
+
+        def sum(self, *values: float) -> list[float]:
+            sums[self.rank] = values
+            return list(values)
+
+        def merge(self, part: dict) -> dict:
+            shares[self.rank] = part
+            return part
+
+    for rank in (0, 1):
+        trainer.processes = OneOfTwo(rank=rank, world_size=2)
+        trainer.validate()
+    images = len(trainer.dev_records)
+    assert sorted(shares[0]) == list(range(0, images, 2)) and sorted(shares[1]) == list(range(1, images, 2))
+    (total_0, words_0), (total_1, words_1) = sums[0], sums[1]
+    assert 0 < words_0 < words_0 + words_1 and (total_0 + total_1) / (words_0 + words_1) == pytest.approx(whole_loss)
+    references = {key: [" ".join(clean_caption(text)) for text in record.captions]
+                  for key, record in enumerate(trainer.dev_records)}
+    assert dev_scores(references, {**shares[0], **shares[1]}) == pytest.approx(whole_scores)
 
 
 def test_self_critical_learning_rate_decays_per_epoch_and_a_resume_keeps_it(shapes: Path, tmp_path: Path) -> None:

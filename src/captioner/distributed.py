@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T, K, V = TypeVar("T"), TypeVar("K"), TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,9 @@ class Processes:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, indices: list[int]) -> list[int]:
-        """This process's share of a global batch (every process sees the same global batch)."""
-        return indices[self.rank::self.world_size]
+    def shard(self, items: list[T]) -> list[T]:
+        """This process's share of a global batch, or of any list every process holds alike."""
+        return items[self.rank::self.world_size]
 
     def barrier(self) -> None:
         if self.distributed:
@@ -52,6 +55,14 @@ class Processes:
         tensor = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def merge(self, part: dict[K, V]) -> dict[K, V]:
+        """The union of every process's dict (each holding its share of the keys), in every process."""
+        if not self.distributed:
+            return part
+        parts: list[dict[K, V] | None] = [None] * self.world_size
+        dist.all_gather_object(parts, part)
+        return {key: value for share in parts for key, value in (share or {}).items()}
 
 
 def start_processes(device_request: str | None) -> tuple[Processes, torch.device | None]:

@@ -506,13 +506,14 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
-        """Dev cross-entropy per word and greedy BLEU; every process computes the same numbers. Captions go
-        through the cross-entropy pass shortest first: batches of similar length step over half the padding."""
+        """Dev cross-entropy per word and greedy BLEU; under torchrun each process computes its share and every
+        process gets the same totals. Captions go through the cross-entropy pass shortest first: batches of
+        similar length step over half the padding."""
         self.decoder.eval()
         total, words, batch = 0.0, 0, self.validation_batch
         order = sorted(range(len(self.dev_set)), key=lambda index: len(self.dev_set.captions[index]))
-        for start in range(0, len(order), batch):
-            indices = order[start:start + batch]
+        batches = [order[start:start + batch] for start in range(0, len(order), batch)]
+        for indices in self.processes.shard(batches):
             captions = pad_captions(self.dev_set, indices).to(self.device)
             features = self._features_of_rows(self.dev_set.rows[indices])
             with autocast(self.device, self.config.amp):
@@ -520,21 +521,24 @@ class Trainer:
                 cross_entropy = self.loss_fn(logits.reshape(-1, logits.shape[-1]).float(), captions[:, 1:].reshape(-1))
             total += float(cross_entropy)
             words += int((captions[:, 1:] != self.vocab.pad_id).sum())
+        total, words = self.processes.sum(total, words)
         return total / max(words, 1), self.dev_metrics()
 
     def dev_metrics(self) -> dict[str, float]:
-        """Greedy captions of (up to --bleu_images) dev images, scored with BLEU and CIDEr."""
+        """Greedy captions of (up to --bleu_images) dev images, scored with BLEU and CIDEr; under torchrun each
+        process captions its share of the images and every process scores all of them."""
         records = self.dev_records[: self.config.bleu_images]
-        hypotheses, references = {}, {}
-        for start in range(0, len(records), 250):
-            chunk = records[start:start + 250]
-            features = self._features_of_rows([self.store.row(r.image) for r in chunk])
-            settings = DecodeSettings("greedy", max_length=self.config.max_length, amp=self.config.amp)
-            for offset, (decoded,) in enumerate(decode(self.decoder, features, self.vocab, settings)):
-                key = start + offset
+        mine = self.processes.shard(list(range(len(records))))
+        settings = DecodeSettings("greedy", max_length=self.config.max_length, amp=self.config.amp)
+        hypotheses = {}
+        for start in range(0, len(mine), 250):
+            keys = mine[start:start + 250]
+            features = self._features_of_rows([self.store.row(records[key].image) for key in keys])
+            for key, (decoded,) in zip(keys, decode(self.decoder, features, self.vocab, settings)):
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
-                references[key] = [" ".join(clean_caption(text)) for text in chunk[offset].captions]
-        return dev_scores(references, hypotheses)
+        references = {key: [" ".join(clean_caption(text)) for text in record.captions]
+                      for key, record in enumerate(records)}
+        return dev_scores(references, self.processes.merge(hypotheses))
 
     def _features_of_rows(self, rows: list[int] | np.ndarray, train: bool = False) -> torch.Tensor:
         """Features of these images as the decoder reads them; `train` allows flipped features (with
