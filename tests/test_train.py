@@ -21,7 +21,7 @@ from captioner.errors import CaptionerError
 from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
 from captioner.data.vocab import clean_caption
 from captioner.distributed import Processes
-from captioner.train import Trainer, TrainConfig, dev_scores
+from captioner.train import Trainer, TrainConfig, dev_scores, ignored_options
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,12 @@ def test_run_directory_holds_every_file(shapes: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("decoder", ["lstm", "gru"])
 def test_show_and_tell_decoders_train(shapes: Path, tmp_path: Path, decoder: str) -> None:
-    run = Trainer(small(shapes, tmp_path, decoder=decoder, epochs=2), ["captioner"]).run()
+    # attention-only options, as the flickr8k_best preset sets them: the run says it ignores them
+    run = Trainer(small(shapes, tmp_path, decoder=decoder, epochs=2, deep_output=True), ["captioner"]).run()
     assert len(history(run)) == 2
+    assert f"the {decoder} decoder does not read --attention_dim, --deep_output: they are ignored" in (
+        run / "train.log").read_text()
+    assert ignored_options(small(shapes, tmp_path, deep_output=True, num_layers=2)) == ["--num_layers"]
 
 
 def test_same_seed_same_losses(shapes: Path, tmp_path: Path) -> None:

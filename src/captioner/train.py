@@ -152,6 +152,19 @@ def check_options(config: TrainConfig) -> None:
                              "attention to draw")
 
 
+# options that only some decoders read
+DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
+                        "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
+
+
+def ignored_options(config: TrainConfig) -> list[str]:
+    """Options set away from their defaults that the chosen decoder does not read (the flickr8k_best preset sets
+    some for the attention decoder), so that a run with --decoder lstm says so instead of silently dropping them."""
+    defaults = {option.name: option.default for option in fields(TrainConfig)}
+    return [f"--{name}" for name, readers in DECODER_ONLY_OPTIONS.items()
+            if config.decoder not in readers and getattr(config, name) != defaults[name]]
+
+
 def stopped_early(checkpoint: dict) -> bool:
     """Whether early stopping ended a phase of the checkpoint's run at the checkpoint's epoch (the count of epochs
     left without a better dev score had run out)."""
@@ -576,6 +589,9 @@ class Trainer:
         self.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; vocabulary "
                  f"{len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}"
                  + (f"; {self.processes.world_size} processes" if self.processes.distributed else ""))
+        ignored = ignored_options(c)
+        if ignored:
+            self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
         unreadable = self.train_set.missing_images + self.dev_set.missing_images
         if unreadable:
             where = (f"{self.store.folder / 'manifest.json'} under 'skipped'" if self.live is None
