@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import captioner.distributed as distributed
 from captioner.checkpoint import load_checkpoint
 from captioner.data.shapes import generate_shapes
+from captioner.distributed import Processes, collective_device
 
 
 def train_command(data: Path, tmp_path: Path, output: str) -> list[str]:
@@ -50,3 +52,22 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         # summation order differs across processes; Adam turns those float roundings of near-zero gradients
         # into steps of up to ~1e-4, so the weights agree to that, not bit for bit
         torch.testing.assert_close(weights_two[name], value, atol=3e-4, rtol=1e-3, msg=name)
+
+
+def test_collectives_use_the_device_the_backend_takes(monkeypatch) -> None:
+    """NCCL only takes CUDA tensors: sums of numbers (losses, word counts) must be put on this process's GPU."""
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 1)
+    assert collective_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    assert collective_device() == torch.device("cpu")
+
+
+def test_merged_shares_are_in_key_order(monkeypatch) -> None:
+    """As one process would hold them, so that scores averaged over the dict add up in the same order."""
+    def all_gather_object(parts: list, part: dict) -> None:
+        parts[:] = [part, {1: "b", 3: "d"}]
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", all_gather_object)
+    merged = Processes(rank=0, world_size=2).merge({0: "a", 2: "c", 4: "e"})
+    assert list(merged.items()) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]

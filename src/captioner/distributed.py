@@ -52,7 +52,7 @@ class Processes:
         """Sum numbers over all processes."""
         if not self.distributed:
             return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
         dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -62,7 +62,17 @@ class Processes:
             return part
         parts: list[dict[K, V] | None] = [None] * self.world_size
         dist.all_gather_object(parts, part)
-        return {key: value for share in parts for key, value in (share or {}).items()}
+        # in key order, as one process would hold them: scores averaged over the dict then add up alike
+        return dict(sorted(((key, value) for share in parts for key, value in (share or {}).items()),
+                           key=lambda item: item[0]))
+
+
+def collective_device() -> torch.device:
+    """Where tensors for the process group's collectives must be: NCCL only takes CUDA tensors (this process's
+    GPU), gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def start_processes(device_request: str | None) -> tuple[Processes, torch.device | None]:
