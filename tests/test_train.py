@@ -65,6 +65,7 @@ def test_show_and_tell_decoders_train(shapes: Path, tmp_path: Path, decoder: str
     assert f"the {decoder} decoder does not read --attention_dim, --deep_output: they are ignored" in (
         run / "train.log").read_text()
     assert ignored_options(small(shapes, tmp_path, deep_output=True, num_layers=2)) == ["--num_layers"]
+    assert "--alpha_c" in ignored_options(small(shapes, tmp_path, decoder=decoder, alpha_c=0.0))
 
 
 def test_same_seed_same_losses(shapes: Path, tmp_path: Path) -> None:

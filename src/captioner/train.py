@@ -154,7 +154,7 @@ def check_options(config: TrainConfig) -> None:
 
 # options that only some decoders read
 DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
-                        "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
+                        "alpha_c": ("attention",), "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
 
 
 def ignored_options(config: TrainConfig) -> list[str]:
@@ -519,9 +519,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
-        """Dev cross-entropy per word and greedy BLEU; under torchrun each process computes its share and every
-        process gets the same totals. Captions go through the cross-entropy pass shortest first: batches of
-        similar length step over half the padding."""
+        """Dev cross-entropy per word, and greedy BLEU and CIDEr; under torchrun each process computes its share
+        and every process gets the same totals. Captions go through the cross-entropy pass shortest first:
+        batches of similar length step over half the padding."""
         self.decoder.eval()
         total, words, batch = 0.0, 0, self.validation_batch
         order = sorted(range(len(self.dev_set)), key=lambda index: len(self.dev_set.captions[index]))
