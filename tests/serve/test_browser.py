@@ -75,8 +75,10 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     penalty = browser.find_element(By.ID, "length_penalty")
     penalty.clear()
     penalty.send_keys("1")
+    browser.find_element(By.ID, "no_repeat_ngram").click()
     browser.find_element(By.ID, "again").click()
-    wait.until(lambda d: "length penalty 1), averaged with the mirror image" in d.find_element(By.ID, "status").text)
+    wait.until(lambda d: "length penalty 1, no word pair twice), averaged with the mirror image"
+               in d.find_element(By.ID, "status").text)
     browser.execute_script("document.getElementById('settings').scrollIntoView()")
     screenshot(browser, tmp_path, "caption_page_settings")
     browser.set_window_size(390, 844)  # a phone-sized window

@@ -24,6 +24,7 @@ function settings() {
   if (strategy === "beam") {
     options.append("beam_size", form.get("beam_size"));
     options.append("length_penalty", form.get("length_penalty") || "0");
+    if (form.get("no_repeat_ngram")) options.append("no_repeat_ngram", form.get("no_repeat_ngram"));
     options.append("num_captions", Math.min(Number(form.get("beam_size")) || 1, 5));
   } else if (strategy === "sample") {
     options.append("temperature", form.get("temperature"));
@@ -37,7 +38,9 @@ function howDecoded(settings) {
   let how = settings.strategy === "greedy" ? "greedily"
     : settings.strategy === "sample" ? `by sampling (temperature ${settings.temperature})`
     : `with beam search (beam ${settings.beam_size}` +
-      (settings.length_penalty ? `, length penalty ${settings.length_penalty})` : ")");
+      (settings.length_penalty ? `, length penalty ${settings.length_penalty}` : "") +
+      (settings.no_repeat_ngram === 2 ? ", no word pair twice)"
+        : settings.no_repeat_ngram ? `, no ${settings.no_repeat_ngram}-word sequence twice)` : ")");
   if (settings.flip_average) how += ", averaged with the mirror image";
   return how;
 }
@@ -209,6 +212,7 @@ $("settings").addEventListener("change", () => {
   const strategy = new FormData($("settings")).get("strategy");
   $("beam-row").hidden = strategy !== "beam";
   $("length-row").hidden = strategy !== "beam";
+  $("repeat-row").hidden = strategy !== "beam";
   $("temperature-row").hidden = strategy !== "sample";
 });
 $("temperature").addEventListener("input", (event) => {
