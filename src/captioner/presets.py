@@ -14,8 +14,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # the reward, over all five references, over three epochs at 2e-5, over one epoch at 5e-5, and over two at
     # 5e-5, where the second games CIDEr-D).
     # Evaluate with `captioner evaluate --model_path RUN/best.pt --beam_size 3 --length_penalty 1 --flip_average
-    # --no_repeat_ngram 2` (chosen on dev; the n-gram block also stops self-critical training's "a man riding a
-    # motorcycle on a motorcycle").
+    # --no_repeat_ngram 2` (chosen on dev; the block also keeps out the repeated phrases of the self-critical
+    # model, such as "a woman and a woman are walking down the street").
     "flickr8k_best": {
         "dataset_type": "flickr8k",
         "encoder": "efficientnet_lite2",
