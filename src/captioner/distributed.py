@@ -60,11 +60,11 @@ class Processes:
         """The union of every process's dict (each holding its share of the keys), in every process."""
         if not self.distributed:
             return part
-        parts: list[dict[K, V] | None] = [None] * self.world_size
+        parts: list[dict[K, V]] = [{}] * self.world_size
         dist.all_gather_object(parts, part)
+        merged = {key: value for share in parts for key, value in share.items()}
         # in key order, as one process would hold them: scores averaged over the dict then add up alike
-        return dict(sorted(((key, value) for share in parts for key, value in (share or {}).items()),
-                           key=lambda item: item[0]))
+        return {key: merged[key] for key in sorted(merged)}
 
 
 def collective_device() -> torch.device:
