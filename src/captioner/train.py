@@ -549,9 +549,13 @@ class Trainer:
             features = self._features_of_rows([self.store.row(records[key].image) for key in keys])
             for key, (decoded,) in zip(keys, decode(self.decoder, features, self.vocab, settings)):
                 hypotheses[key] = " ".join(self.vocab.decode(decoded.tokens))
-        references = {key: [" ".join(clean_caption(text)) for text in record.captions]
-                      for key, record in enumerate(records)}
-        return dev_scores(references, self.processes.merge(hypotheses))
+        return dev_scores(self._dev_references, self.processes.merge(hypotheses))
+
+    @functools.cached_property
+    def _dev_references(self) -> dict[int, list[str]]:
+        """The cleaned references of the dev images dev_metrics() captions: the same every epoch."""
+        return {key: [" ".join(clean_caption(text)) for text in record.captions]
+                for key, record in enumerate(self.dev_records[: self.config.bleu_images])}
 
     def _features_of_rows(self, rows: list[int] | np.ndarray, train: bool = False) -> torch.Tensor:
         """Features of these images as the decoder reads them; `train` allows flipped features (with
