@@ -20,10 +20,15 @@ def write_image(path: Path, size: tuple[int, int] = (32, 24), color: tuple[int, 
     return path
 
 
+# what tiny_checkpoint recommends (as presets.DECODING does for a preset's models); no mirrored features in its cache
+TINY_DECODING = {"strategy": "beam", "beam_size": 2, "length_penalty": 1.0, "no_repeat_ngram": 2}
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """best.pt of a small attention model trained on 80 synthetic images (seconds); its shapes data sits at
-    tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model."""
+    tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model. Like a
+    preset's model it carries a recommended decoding, TINY_DECODING."""
     from captioner.data.shapes import generate_shapes
     from captioner.train import Trainer, TrainConfig
 
@@ -31,5 +36,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     data = generate_shapes(root / "shapes", num_images=80, seed=5)
     config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
                          decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
-                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1)
+                         batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1,
+                         decoding=TINY_DECODING)
     return Trainer(config, ["captioner"]).run() / "best.pt"

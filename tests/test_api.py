@@ -87,3 +87,13 @@ def test_flip_average_captions_each_image_with_its_mirror_image(tiny_checkpoint:
     first = results[0]
     assert first.attention.shape == (len(first.tokens) + 1, 4, 4)
     assert main(["caption", str(paths[0]), "--model_path", str(tiny_checkpoint), "--flip_average"]) == 0
+
+
+def test_recommended_decoding_is_what_the_checkpoint_carries(tiny_checkpoint: Path) -> None:
+    from tests.conftest import TINY_DECODING
+
+    captioner = Captioner.load(tiny_checkpoint)
+    assert captioner.recommended_decoding == TINY_DECODING
+    image = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
+    recommended = captioner.caption(image, **captioner.recommended_decoding)[0].text
+    assert recommended == captioner.caption(image, beam_size=2, length_penalty=1.0, no_repeat_ngram=2)[0].text

@@ -34,10 +34,20 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> None:
     from captioner import cli
-    from captioner.presets import PRESETS
+    from captioner.presets import DECODING, PRESETS
 
     seen = {}
     monkeypatch.setattr(cli, "run_train", lambda args: seen.update(vars(args)) or 0)
     assert cli.main(["train", "--preset", "flickr8k_best", "--epochs", "3"]) == 0
     assert seen["epochs"] == 3 and seen["encoder"] == PRESETS["flickr8k_best"]["encoder"]
     assert seen["augment_flip"] is True and seen["preset"] == "flickr8k_best"
+    assert seen["decoding"] == DECODING["flickr8k_best"]  # stored with the model, for --recommended
+
+
+def test_every_preset_recommends_a_valid_decoding() -> None:
+    from captioner.decoding import DecodeSettings
+    from captioner.presets import DECODING, PRESETS
+
+    assert set(DECODING) == set(PRESETS)
+    for decoding in DECODING.values():
+        DecodeSettings(**decoding)

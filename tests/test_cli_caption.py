@@ -54,3 +54,14 @@ def test_alt_text_into_writes_a_new_page(tiny_checkpoint: Path, tmp_path: Path, 
 def test_every_image_unreadable_is_a_failure(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(["caption", str(tmp_path / "nothing.jpg"), "--model_path", str(tiny_checkpoint)]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_recommended_captions_as_the_explicit_flags_do(tiny_checkpoint: Path, capsys) -> None:
+    images = [str(path) for path in shapes_images(tiny_checkpoint, 4)]
+    command = ["caption", *images, "--model_path", str(tiny_checkpoint), "--format", "json", "--num_captions", "2"]
+    assert main([*command, "--recommended"]) == 0
+    recommended = json.loads(capsys.readouterr().out)
+    assert main([*command, "--beam_size", "2", "--length_penalty", "1", "--no_repeat_ngram", "2"]) == 0
+    assert recommended == json.loads(capsys.readouterr().out)
+    assert main([*command, "--recommended", "--strategy", "greedy", "--num_captions", "1"]) == 0  # explicit wins
+    assert all(len(row["captions"]) == 1 for row in json.loads(capsys.readouterr().out))

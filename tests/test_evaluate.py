@@ -101,3 +101,32 @@ def test_evaluation_folders_are_named_from_every_decoding_setting(tmp_path: Path
         DecodeSettings("sample", temperature=0.7, top_k=5, flip_average=True),
         DecodeSettings("sample", temperature=0.7, top_k=5)]}
     assert set(names) == {"eval_dev_beam3_lp1_flip", "eval_dev_sample_t0.7_k5_p1_flip", "eval_dev_sample_t0.7_k5_p1"}
+
+
+def test_recommended_decodes_as_the_checkpoint_says_and_explicit_flags_win(tiny_checkpoint: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    from tests.conftest import TINY_DECODING
+
+    def decoding_of(folder: Path) -> dict:
+        return json.loads((folder / "evaluation.json").read_text())["decoding"]
+
+    common = ["--model_path", str(tiny_checkpoint), "--max_images", "6", "--output_dir"]
+    assert main(["evaluate", "--recommended", *common, str(tmp_path / "recommended")]) == 0
+    assert "beam 2, length penalty 1, no 2-gram twice" in capsys.readouterr().out
+    assert {k: decoding_of(tmp_path / "recommended")[k] for k in TINY_DECODING} == TINY_DECODING
+    assert main(["evaluate", *common, str(tmp_path / "explicit"), "--beam_size", "2", "--length_penalty", "1",
+                 "--no_repeat_ngram", "2"]) == 0
+    assert ((tmp_path / "recommended" / "captions.json").read_text()
+            == (tmp_path / "explicit" / "captions.json").read_text())
+    # a flag given explicitly wins over the recommendation, in both spellings of evaluate
+    assert main(["train", "--mode", "test", "--recommended", "--length_penalty", "0", *common, str(tmp_path / "lp0")]) == 0
+    assert decoding_of(tmp_path / "lp0")["length_penalty"] == 0 and decoding_of(tmp_path / "lp0")["beam_size"] == 2
+
+
+def test_recommended_without_a_preset_is_a_clear_error(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    del checkpoint["train_config"]["decoding"]
+    torch.save(checkpoint, tmp_path / "plain.pt")
+    assert main(["evaluate", "--recommended", "--model_path", str(tmp_path / "plain.pt")]) == 2
+    assert "was not trained with a preset, so it carries no recommended decoding" in capsys.readouterr().err
+    assert main(["caption", "--recommended", "--model_path", str(tmp_path / "plain.pt"), "x.png"]) == 2

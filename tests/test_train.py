@@ -89,6 +89,14 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(shapes: Path, tmp_path:
     assert json.loads((resumed_run / "run_config.json").read_text())["parent_checkpoint"].endswith("model_epoch_2.pt")
 
 
+def test_a_continued_run_keeps_the_decoding_its_preset_recommended(shapes: Path, tmp_path: Path) -> None:
+    decoding = {"strategy": "beam", "beam_size": 2, "length_penalty": 1.0}
+    run = Trainer(small(shapes, tmp_path, epochs=1, max_images=30, decoding=decoding), ["captioner"]).run()
+    resumed = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, resume=str(run / "best.pt")), ["captioner"]).run()
+    assert json.loads((resumed / "run_config.json").read_text())["decoding"] == decoding
+    assert torch.load(resumed / "best.pt", weights_only=True)["train_config"]["decoding"] == decoding
+
+
 def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
     for name in SCHEDULER_TYPES:
         schedule = ScheduleSettings(scheduler_type=name, keep_epochs=1, scheduler_gamma=0.5)

@@ -4,6 +4,7 @@
     cap = Captioner.load("runs/<run>/best.pt")
     results = cap.caption(["a.jpg", pil_image, "photos/"], beam_size=3, num_captions=3)
     results[0].text, results[0].score, results[0].tokens, results[0].attention   # attention: steps x H x W
+    best = cap.caption("a.jpg", **cap.recommended_decoding)   # as the model's training preset recommends
 
 Images go through the encoder in batches and straight into the decoder (no cache), with the same
 preprocessing and float16 rounding the training features had, so captions match `captioner evaluate`.
@@ -110,6 +111,12 @@ class Captioner:
     @property
     def uses_attention(self) -> bool:
         return self.model.decoder.uses_grid
+
+    @property
+    def recommended_decoding(self) -> dict[str, object]:
+        """Keyword arguments of caption() that its training preset recommends ({} without a preset):
+        `cap.caption(images, **cap.recommended_decoding)`."""
+        return self.model.recommended_decoding
 
     def caption(self, images: ImageInput | Iterable[ImageInput], strategy: str = "beam", beam_size: int = 3,
                 num_captions: int = 1, max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,

@@ -239,10 +239,14 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- evaluate
 
 
-def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True) -> None:
     from captioner.decoding import STRATEGIES
 
     group = parser.add_argument_group("decoding")
+    if recommended:
+        flag(group, "--recommended", action="store_true",
+             help="decode as the model's training preset recommends (stored in the checkpoint; for flickr8k_best: "
+                  "beam 3, length penalty 1, --flip_average, --no_repeat_ngram 2); flags given explicitly win")
     flag(group, "--strategy", choices=STRATEGIES, default="beam", help="default: beam")
     flag(group, "--beam_size", type=int, default=3, help="default 3 (larger is often worse)")
     flag(group, "--length_penalty", type=float, default=0.0,
@@ -271,9 +275,10 @@ def decode_settings(args: argparse.Namespace):
         raise CaptionerError(str(error)) from error
 
 
-def add_evaluate_command(subcommands: argparse._SubParsersAction) -> None:
+def add_evaluate_command(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     evaluate = subcommands.add_parser("evaluate", help="caption a split and score it (BLEU, METEOR, ROUGE-L, CIDEr)")
     configure_evaluate_parser(evaluate)
+    return evaluate
 
 
 def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
@@ -308,8 +313,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       captions_file=str(args.captions_file) if args.captions_file else None,
                       max_images=args.max_images, output_dir=args.output_dir, cache_dir=args.cache_dir,
                       encoder_weights=args.encoder_weights, batch_size=args.batch_size)
+    beam = settings.strategy == "beam"
     print(f"{len(result.captions)} {args.split} images, {settings.strategy}"
-          + (f" {settings.beam_size}" if settings.strategy == "beam" else "")
+          + (f" {settings.beam_size}" if beam else "")
+          + (f", length penalty {settings.length_penalty:g}" if beam and settings.length_penalty else "")
+          + (f", no {settings.no_repeat_ngram}-gram twice" if beam and settings.no_repeat_ngram else "")
           + (", averaged with the mirror images" if settings.flip_average else "") + f", {result.seconds:.0f} s")
     print(result.scores.table())
     print(f"evaluation folder: {result.folder}")
@@ -319,7 +327,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- caption
 
 
-def add_caption_command(subcommands: argparse._SubParsersAction) -> None:
+def add_caption_command(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     caption = subcommands.add_parser("caption", help="caption images, folders or globs with a trained model")
     caption.add_argument("images", nargs="*", help="image files, folders (all images inside) or quoted globs")
     flag(caption, "--model_path", type=Path, required=True, help="checkpoint, e.g. runs/RUN/best.pt")
@@ -334,6 +342,7 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> None:
          "16 at a time on a CPU, 64 on CUDA)")
     add_decoding_args(caption)
     caption.set_defaults(run=run_caption)
+    return caption
 
 
 def expand_image_arguments(arguments: list[str]) -> list[str]:
@@ -448,7 +457,7 @@ def add_visualize_command(subcommands: argparse._SubParsersAction) -> None:
          help="add word probabilities, attention entropy per step and the regions attended most")
     flag(visualize, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(visualize, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    add_decoding_args(visualize)
+    add_decoding_args(visualize, recommended=False)  # it traces the plain image only: no --flip_average
     visualize.set_defaults(run=run_visualize)
 
 
@@ -574,9 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(subcommands)
     add_extract_command(subcommands)
-    parser.subcommand_parsers = {"train": add_train_command(subcommands)}
-    add_evaluate_command(subcommands)
-    add_caption_command(subcommands)
+    parser.subcommand_parsers = {"train": add_train_command(subcommands), "evaluate": add_evaluate_command(subcommands),
+                                 "caption": add_caption_command(subcommands)}
     add_visualize_command(subcommands)
     add_export_command(subcommands)
     add_serve_commands(subcommands)
@@ -608,14 +616,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, ignored = evaluate_parser.parse_known_args(evaluate_argv)
         if ignored:
             print(f"captioner: --mode test evaluates; ignoring training options {' '.join(ignored)}", file=sys.stderr)
+        command_parser, parse_again = evaluate_parser, lambda: evaluate_parser.parse_known_args(evaluate_argv)[0]
     else:
         args = parser.parse_args(argv)
         if getattr(args, "preset", None):  # the preset's values become defaults; explicit flags still win
-            from captioner.presets import PRESETS
+            from captioner.presets import DECODING, PRESETS
 
-            parser.subcommand_parsers["train"].set_defaults(**PRESETS[args.preset])
+            parser.subcommand_parsers["train"].set_defaults(**PRESETS[args.preset], decoding=DECODING.get(args.preset))
             args = parser.parse_args(argv)
+        command_parser, parse_again = parser.subcommand_parsers.get(args.command), lambda: parser.parse_args(argv)
     try:
+        if getattr(args, "recommended", False):  # the model's recommended decoding becomes the defaults, like a preset
+            from captioner.trained import recommended_decoding
+
+            command_parser.set_defaults(**recommended_decoding(args.model_path))
+            args = parse_again()
         return int(args.run(args) or 0)
     except CaptionerError as error:
         print(f"captioner: error: {error}", file=sys.stderr)

@@ -13,9 +13,6 @@ PRESETS: dict[str, dict[str, object]] = {
     # of one random reference per image (chosen on dev over plain self-critical training, over adding BLEU-4 to
     # the reward, over all five references, over three epochs at 2e-5, over one epoch at 5e-5, and over two at
     # 5e-5, where the second games CIDEr-D).
-    # Evaluate with `captioner evaluate --model_path RUN/best.pt --beam_size 3 --length_penalty 1 --flip_average
-    # --no_repeat_ngram 2` (chosen on dev; the block also keeps out the repeated phrases of the self-critical
-    # model, such as "a woman and a woman are walking down the street").
     "flickr8k_best": {
         "dataset_type": "flickr8k",
         "encoder": "efficientnet_lite2",
@@ -46,5 +43,12 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def describe(name: str) -> str:
-    return " ".join(f"--{key}" if value is True else f"--{key} {value}" for key, value in PRESETS[name].items())
+# How each preset's models caption best, stored with every model trained from the preset: `captioner caption` and
+# `captioner evaluate` use it with --recommended, the web page starts from it. flickr8k_best: beam 3, length
+# penalty 1, each word's probability averaged over the image and its mirror image, and no word pair twice (chosen
+# on dev; the block also keeps out the repeated phrases of the self-critical model, such as "a woman and a woman
+# are walking down the street").
+DECODING: dict[str, dict[str, object]] = {
+    "flickr8k_best": {"strategy": "beam", "beam_size": 3, "length_penalty": 1.0, "flip_average": True,
+                      "no_repeat_ngram": 2},
+}

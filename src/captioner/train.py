@@ -100,6 +100,9 @@ class TrainConfig:
     resume: str | None = None
     restart_patience: bool = False  # --model_path: more epochs were asked for, so early stopping counts afresh
     preset: str | None = None  # the named recipe the settings came from, if any
+    # how the preset's models caption best (DecodeSettings fields, presets.DECODING), kept by continued runs: what
+    # `captioner caption/evaluate --recommended` and the web page use
+    decoding: dict[str, object] | None = None
 
     @classmethod
     def from_namespace(cls, args: object) -> TrainConfig:
@@ -264,6 +267,8 @@ class Trainer:
         self.best_score = math.inf if config.best_metric == "val_loss" else -math.inf
         if self.parent is not None:
             self._restore(self.parent)
+            if config.decoding is None:  # a continued run's model still decodes best as its recipe's did
+                config.decoding = self.parent.get("train_config", {}).get("decoding")
         if self.processes.distributed:
             self.model = nn.parallel.DistributedDataParallel(
                 self.decoder, device_ids=[self.device.index] if self.device.type == "cuda" else None)

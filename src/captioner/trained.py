@@ -29,6 +29,12 @@ class TrainedModel:
     def image_size(self) -> int:
         return int(self.encoder_settings["image_size"])
 
+    @property
+    def recommended_decoding(self) -> dict[str, object]:
+        """How its training recipe's models caption best (DecodeSettings fields; see presets.DECODING), or {}
+        for a model trained without a preset."""
+        return dict(self.train_config.get("decoding") or {})
+
 
 def load_trained(path: Path | str, device: str | torch.device | None = None) -> TrainedModel:
     """The model of a checkpoint in eval mode on `device` (default: CUDA when present)."""
@@ -45,3 +51,12 @@ def load_trained(path: Path | str, device: str | torch.device | None = None) -> 
     vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
     return TrainedModel(decoder.to(run_device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
                         checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, run_device)
+
+
+def recommended_decoding(path: Path | str) -> dict[str, object]:
+    """The decoding stored with the checkpoint by its preset; a clear error when there is none."""
+    decoding = load_checkpoint(Path(path)).get("train_config", {}).get("decoding")
+    if not decoding:
+        raise CaptionerError(f"{path} was not trained with a preset, so it carries no recommended decoding; leave "
+                             "out --recommended and choose the decoding flags")
+    return dict(decoding)

@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from captioner.api import Captioner  # noqa: E402
+from tests.conftest import TINY_DECODING  # noqa: E402
 from captioner.cli import main  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 
@@ -53,6 +54,7 @@ def test_health_and_model(client) -> None:
     assert client.get("/api/health").json()["status"] == "ok"
     model = client.get("/api/model").json()
     assert model["decoder"] == "attention" and model["attention"] and model["grid"] == [4, 4] and model["review"]
+    assert model["recommended_decoding"] == TINY_DECODING  # the page starts from it
 
 
 def test_caption_an_upload(client) -> None:

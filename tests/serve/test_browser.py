@@ -71,11 +71,12 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     assert painted > 0, "hovering a word drew no heatmap"
     assert "active" in words[0].get_attribute("class")
     screenshot(browser, tmp_path, "caption_page")
+    # the controls started from the model's recommended decoding (TINY_DECODING), and the caption used it
+    assert browser.find_element(By.ID, "recommended-hint").is_displayed()
+    assert browser.find_element(By.ID, "beam_size").get_attribute("value") == "2"
+    assert browser.find_element(By.ID, "no_repeat_ngram").is_selected()
+    assert "(beam 2, length penalty 1, no word pair twice)" in browser.find_element(By.ID, "status").text
     browser.find_element(By.ID, "flip_average").click()
-    penalty = browser.find_element(By.ID, "length_penalty")
-    penalty.clear()
-    penalty.send_keys("1")
-    browser.find_element(By.ID, "no_repeat_ngram").click()
     browser.find_element(By.ID, "again").click()
     wait.until(lambda d: "length penalty 1, no word pair twice), averaged with the mirror image"
                in d.find_element(By.ID, "status").text)

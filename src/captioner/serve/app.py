@@ -132,7 +132,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                 "grid": list(captioner.grid), "attention": captioner.uses_attention, "vocabulary": len(model.vocab),
                 "hidden_size": config.hidden_size, "source": model.source.name,
                 "trained_on": model.train_config.get("dataset_type"), "max_upload_mb": max_upload_mb,
-                "review": evaluation is not None}
+                "review": evaluation is not None, "recommended_decoding": model.recommended_decoding or None}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(...), strategy: str | None = Form(None),

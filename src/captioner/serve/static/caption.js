@@ -11,9 +11,28 @@ async function loadModelInfo() {
     $("model-info").textContent = `${decoder[info.decoder] || info.decoder} on ${info.encoder}` +
       (info.trained_on ? ` · trained on ${info.trained_on}` : "");
     if (!info.review) $("review-link").title = "Start the server with --eval_dir to review an evaluation";
+    useRecommended(info.recommended_decoding);
   } catch {
     $("model-info").textContent = "model information unavailable";
   }
+}
+
+// A model trained from a preset says how it captions best: the controls start there, and still change it.
+function useRecommended(decoding) {
+  if (!decoding) return;
+  const strategy = document.querySelector(`#settings input[name=strategy][value="${decoding.strategy}"]`);
+  if (strategy) strategy.checked = true;
+  if (decoding.beam_size) $("beam_size").value = decoding.beam_size;
+  if (decoding.length_penalty !== undefined) $("length_penalty").value = decoding.length_penalty;
+  if (decoding.temperature !== undefined) {
+    $("temperature").value = decoding.temperature;
+    $("temperature-value").textContent = Number(decoding.temperature).toFixed(1);
+  }
+  if (decoding.no_repeat_ngram) $("no_repeat_ngram").value = decoding.no_repeat_ngram;
+  $("no_repeat_ngram").checked = Boolean(decoding.no_repeat_ngram);
+  $("flip_average").checked = Boolean(decoding.flip_average);
+  $("settings").dispatchEvent(new Event("change"));
+  $("recommended-hint").hidden = false;
 }
 
 function settings() {
