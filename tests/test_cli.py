@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from captioner.cli import main
-from tests.conftest import write_image
+from tests.conftest import TINY_DECODING, write_image
 
 
 def test_data_stats_json(tmp_path: Path, capsys) -> None:
@@ -44,10 +46,53 @@ def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> Non
     assert seen["decoding"] == DECODING["flickr8k_best"]  # stored with the model, for --recommended
 
 
-def test_every_preset_recommends_a_valid_decoding() -> None:
-    from captioner.decoding import DecodeSettings
-    from captioner.presets import DECODING, PRESETS
+def test_every_preset_recommends_a_decoding_that_caption_and_evaluate_and_the_api_take() -> None:
+    import inspect
 
+    from captioner.api import Captioner
+    from captioner.cli import build_parser
+    from captioner.decoding import DecodeSettings
+    from captioner.presets import DECODING, PRESETS, RECOMMENDABLE
+
+    parsers = build_parser().subcommand_parsers
+    for command in ("caption", "evaluate"):
+        assert set(RECOMMENDABLE) <= {action.dest for action in parsers[command]._actions}, command
+    assert set(RECOMMENDABLE) <= set(inspect.signature(Captioner.caption).parameters)
     assert set(DECODING) == set(PRESETS)
     for decoding in DECODING.values():
+        assert set(decoding) <= set(RECOMMENDABLE)
         DecodeSettings(**decoding)
+
+
+def with_decoding(checkpoint: Path, target: Path, decoding: dict | None, preset: str | None = None) -> Path:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["train_config"].update(decoding=decoding, preset=preset)
+    torch.save(saved, target)
+    return target
+
+
+def test_a_recommendation_becomes_defaults_that_explicit_flags_override(monkeypatch, tiny_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
+    from captioner import cli
+
+    mirrored = with_decoding(tiny_checkpoint, tmp_path / "mirrored.pt", {**TINY_DECODING, "flip_average": True})
+    seen = {}
+    monkeypatch.setattr(cli, "run_caption", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["caption", "x.png", "--model_path", str(mirrored), "--recommended"]) == 0
+    assert seen["flip_average"] is True and seen["length_penalty"] == 1.0 and seen["beam_size"] == 2
+    assert cli.main(["caption", "x.png", "--model_path", str(mirrored), "--recommended", "--no-flip_average",
+                     "--beam_size", "4"]) == 0
+    assert seen["flip_average"] is False and seen["beam_size"] == 4 and seen["no_repeat_ngram"] == 2
+
+
+def test_recommendations_of_older_preset_models_and_unknown_options(tiny_checkpoint: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    from captioner.presets import DECODING
+    from captioner.trained import recommended_decoding
+
+    # trained from the preset before presets stored their decoding: the preset's own
+    older = with_decoding(tiny_checkpoint, tmp_path / "older.pt", None, preset="flickr8k_best")
+    assert recommended_decoding(older) == DECODING["flickr8k_best"]
+    future = with_decoding(tiny_checkpoint, tmp_path / "future.pt", {"beam_size": 2, "seed": 3})
+    assert main(["evaluate", "--recommended", "--model_path", str(future)]) == 2
+    assert "recommends decoding options this captioner does not know: seed" in capsys.readouterr().err

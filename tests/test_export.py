@@ -28,6 +28,9 @@ def test_the_bundle_gives_the_checkpoint_captions_exactly(tiny_checkpoint: Path,
     assert [[c.text for c in r.captions] for r in exported] == [[c.text for c in r.captions] for r in original]
     assert [r.score for r in exported] == [r.score for r in original]
     assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 2  # never overwrites
+    # the bundle keeps the model's recommended decoding, for the API, the page and `caption --recommended`
+    assert Captioner.load(bundle).recommended_decoding == Captioner.load(tiny_checkpoint).recommended_decoding != {}
+    assert main(["caption", str(images(tiny_checkpoint, 1)[0]), "--model_path", str(bundle), "--recommended"]) == 0
 
 
 def test_onnx_files_match_pytorch(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True)
     flag(group, "--top_p", type=float, default=1.0, help="sample: nucleus probability mass")
     flag(group, "--num_captions", type=int, default=1, help="captions per image (best beams, or distinct samples)")
     flag(group, "--sample_seed", type=int, help="sample: seed for repeatable captions")
-    flag(group, "--flip_average", action="store_true",
+    flag(group, "--flip_average", action=argparse.BooleanOptionalAction, default=False,
          help="average each word's probability over the image and its mirror image (twice the decoding work; "
               "evaluate reads the mirrored features from the cache; not for visualize)")
 
@@ -457,7 +457,8 @@ def add_visualize_command(subcommands: argparse._SubParsersAction) -> None:
          help="add word probabilities, attention entropy per step and the regions attended most")
     flag(visualize, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(visualize, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    add_decoding_args(visualize, recommended=False)  # it traces the plain image only: no --flip_average
+    # no --recommended: a recommendation may average in the mirror image, and visualize traces the plain image only
+    add_decoding_args(visualize, recommended=False)
     visualize.set_defaults(run=run_visualize)
 
 
@@ -591,6 +592,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_with_defaults(command_parser: argparse.ArgumentParser, parse, defaults: dict[str, object]
+                        ) -> argparse.Namespace:
+    """Parse again with these values as the command's defaults (a preset's options, a model's recommended
+    decoding), so that flags given explicitly still win."""
+    command_parser.set_defaults(**defaults)
+    return parse()
+
+
 def test_mode_arguments(argv: list[str]) -> list[str] | None:
     """`captioner train --mode test ...`, the classic spelling of evaluate: the evaluate arguments, or None."""
     if not argv or argv[0] != "train":
@@ -616,21 +625,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, ignored = evaluate_parser.parse_known_args(evaluate_argv)
         if ignored:
             print(f"captioner: --mode test evaluates; ignoring training options {' '.join(ignored)}", file=sys.stderr)
-        command_parser, parse_again = evaluate_parser, lambda: evaluate_parser.parse_known_args(evaluate_argv)[0]
+        command_parser, parse = evaluate_parser, lambda: evaluate_parser.parse_known_args(evaluate_argv)[0]
     else:
         args = parser.parse_args(argv)
-        if getattr(args, "preset", None):  # the preset's values become defaults; explicit flags still win
+        command_parser, parse = parser.subcommand_parsers.get(args.command), lambda: parser.parse_args(argv)
+        if getattr(args, "preset", None):
             from captioner.presets import DECODING, PRESETS
 
-            parser.subcommand_parsers["train"].set_defaults(**PRESETS[args.preset], decoding=DECODING.get(args.preset))
-            args = parser.parse_args(argv)
-        command_parser, parse_again = parser.subcommand_parsers.get(args.command), lambda: parser.parse_args(argv)
+            args = parse_with_defaults(command_parser, parse, {**PRESETS[args.preset],
+                                                                "decoding": DECODING.get(args.preset)})
     try:
-        if getattr(args, "recommended", False):  # the model's recommended decoding becomes the defaults, like a preset
+        if getattr(args, "recommended", False):
             from captioner.trained import recommended_decoding
 
-            command_parser.set_defaults(**recommended_decoding(args.model_path))
-            args = parse_again()
+            args = parse_with_defaults(command_parser, parse, recommended_decoding(args.model_path))
         return int(args.run(args) or 0)
     except CaptionerError as error:
         print(f"captioner: error: {error}", file=sys.stderr)

@@ -44,7 +44,7 @@ def export_bundle(model: TrainedModel, encoder: Encoder, folder: Path) -> None:
                           "size": model.image_size, "mean": list(spec.mean), "std": list(spec.std),
                           "features": "float16-rounded grid (H*W, C); pooled = mean of the grid"},
         "source_checkpoint": str(model.source),
-        "trained_on": {key: model.train_config.get(key) for key in ("dataset_type", "epochs", "preset")},
+        "trained_on": {key: model.train_config.get(key) for key in ("dataset_type", "epochs", "preset", "decoding")},
     }
     atomic_write_bytes(folder / "model.safetensors", save(tensors))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))

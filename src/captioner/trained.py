@@ -31,9 +31,8 @@ class TrainedModel:
 
     @property
     def recommended_decoding(self) -> dict[str, object]:
-        """How its training recipe's models caption best (DecodeSettings fields; see presets.DECODING), or {}
-        for a model trained without a preset."""
-        return dict(self.train_config.get("decoding") or {})
+        """How its training preset's models caption best (see presets.DECODING), or {} without a preset."""
+        return recommended_in(self.train_config, self.source)
 
 
 def load_trained(path: Path | str, device: str | torch.device | None = None) -> TrainedModel:
@@ -53,10 +52,26 @@ def load_trained(path: Path | str, device: str | torch.device | None = None) -> 
                         checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, run_device)
 
 
+def recommended_in(train_config: dict, source: Path) -> dict[str, object]:
+    """The decoding a model's training settings recommend: the one its preset stored with it, or, for a model
+    trained from a preset before presets stored theirs (session 11), the preset's current one."""
+    from captioner.presets import DECODING, RECOMMENDABLE
+
+    decoding = train_config.get("decoding") or DECODING.get(train_config.get("preset"), {})
+    unknown = sorted(set(decoding) - set(RECOMMENDABLE))
+    if unknown:
+        raise CaptionerError(f"{source} recommends decoding options this captioner does not know: {', '.join(unknown)}")
+    return dict(decoding)
+
+
 def recommended_decoding(path: Path | str) -> dict[str, object]:
-    """The decoding stored with the checkpoint by its preset; a clear error when there is none."""
-    decoding = load_checkpoint(Path(path)).get("train_config", {}).get("decoding")
+    """The decoding a checkpoint or exported bundle recommends; a clear error when it has none."""
+    from captioner.export import is_bundle, load_bundle
+
+    path = Path(path)
+    settings = load_bundle(path)[0].train_config if is_bundle(path) else load_checkpoint(path).get("train_config", {})
+    decoding = recommended_in(settings, path)
     if not decoding:
         raise CaptionerError(f"{path} was not trained with a preset, so it carries no recommended decoding; leave "
                              "out --recommended and choose the decoding flags")
-    return dict(decoding)
+    return decoding

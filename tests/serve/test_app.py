@@ -16,9 +16,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from captioner.api import Captioner  # noqa: E402
-from tests.conftest import TINY_DECODING  # noqa: E402
 from captioner.cli import main  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
+from tests.conftest import TINY_DECODING  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,18 @@ def test_health_and_model(client) -> None:
     model = client.get("/api/model").json()
     assert model["decoder"] == "attention" and model["attention"] and model["grid"] == [4, 4] and model["review"]
     assert model["recommended_decoding"] == TINY_DECODING  # the page starts from it
+
+
+def test_a_model_without_a_recommended_decoding_says_none(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    saved = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    del saved["train_config"]["decoding"]
+    torch.save(saved, tmp_path / "plain.pt")
+    captioner = Captioner.load(tmp_path / "plain.pt", device="cpu")
+    assert captioner.recommended_decoding == {}
+    with TestClient(create_app(captioner, None)) as plain:
+        assert plain.get("/api/model").json()["recommended_decoding"] is None  # the page keeps its own defaults
 
 
 def test_caption_an_upload(client) -> None:

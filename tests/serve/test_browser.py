@@ -76,9 +76,12 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     assert browser.find_element(By.ID, "beam_size").get_attribute("value") == "2"
     assert browser.find_element(By.ID, "no_repeat_ngram").is_selected()
     assert "(beam 2, length penalty 1, no word pair twice)" in browser.find_element(By.ID, "status").text
+    penalty = browser.find_element(By.ID, "length_penalty")
+    penalty.clear()
+    penalty.send_keys("0.5")
     browser.find_element(By.ID, "flip_average").click()
     browser.find_element(By.ID, "again").click()
-    wait.until(lambda d: "length penalty 1, no word pair twice), averaged with the mirror image"
+    wait.until(lambda d: "length penalty 0.5, no word pair twice), averaged with the mirror image"
                in d.find_element(By.ID, "status").text)
     browser.execute_script("document.getElementById('settings').scrollIntoView()")
     screenshot(browser, tmp_path, "caption_page_settings")

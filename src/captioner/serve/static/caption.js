@@ -4,17 +4,19 @@ const $ = (id) => document.getElementById(id);
 const state = { file: null, captions: [], current: 0, grid: null, busy: false };
 
 async function loadModelInfo() {
+  let info;
   try {
     const response = await fetch("/api/model");
-    const info = await response.json();
+    info = await response.json();
     const decoder = { attention: "LSTM with soft attention", lstm: "LSTM (show and tell)", gru: "GRU (show and tell)" };
     $("model-info").textContent = `${decoder[info.decoder] || info.decoder} on ${info.encoder}` +
       (info.trained_on ? ` · trained on ${info.trained_on}` : "");
     if (!info.review) $("review-link").title = "Start the server with --eval_dir to review an evaluation";
-    useRecommended(info.recommended_decoding);
   } catch {
     $("model-info").textContent = "model information unavailable";
+    return;
   }
+  useRecommended(info.recommended_decoding);
 }
 
 // A model trained from a preset says how it captions best: the controls start there, and still change it.
