@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, tmp_path_factory):
     evaluation = tmp_path_factory.mktemp("browser") / "eval"
-    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "8",
+    assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--recommended", "--max_images", "8",
                  "--output_dir", str(evaluation)]) == 0
     with running_server(tiny_checkpoint, "--eval_dir", str(evaluation)) as running:
         yield running.url, evaluation
@@ -96,6 +96,7 @@ def test_review_page_rating_survives_a_reload(server, browser, tmp_path: Path) -
     browser.get(url + "/review")
     wait = WebDriverWait(browser, 30)
     first = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "article.item")))
+    assert "beam 2, length penalty 1, no 2-gram twice" in browser.find_element(By.ID, "summary").text
     label = first.find_element(By.CSS_SELECTOR, "input[name^='fluency'][value='4']").find_element(By.XPATH, "..")
     label.click()
     wait.until(lambda d: "Saved" in first.find_element(By.CSS_SELECTOR, ".saved").text)

@@ -30,6 +30,16 @@ async function load() {
   renderItems();
 }
 
+// Every setting that changes the captions: evaluations of one model often differ only in these.
+function describeDecoding(decoding) {
+  if (!decoding) return "–";
+  const beam = decoding.strategy === "beam";
+  return [beam ? `beam ${decoding.beam_size}` : decoding.strategy,
+    beam && decoding.length_penalty ? `length penalty ${decoding.length_penalty}` : null,
+    beam && decoding.no_repeat_ngram ? `no ${decoding.no_repeat_ngram}-gram twice` : null,
+    decoding.flip_average ? "mirror image averaged in" : null].filter(Boolean).join(", ");
+}
+
 function renderSummary() {
   const about = review.about;
   const rated = (aspect) => Object.values(review.ratings).map((r) => r[aspect]).filter((v) => v !== undefined);
@@ -37,7 +47,7 @@ function renderSummary() {
   const entries = [
     ["Images", review.items.length],
     ["Split", about.split || "–"],
-    ["Decoding", about.decoding ? (about.decoding.strategy === "beam" ? `beam ${about.decoding.beam_size}` : about.decoding.strategy) : "–"],
+    ["Decoding", describeDecoding(about.decoding)],
     ["Mean BLEU-4", fmt(mean(review.items.map((i) => i.bleu4).filter((v) => v !== null)))],
     ["Mean CIDEr", fmt(mean(review.items.map((i) => i.cider).filter((v) => v !== null)))],
   ];
