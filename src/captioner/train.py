@@ -100,8 +100,8 @@ class TrainConfig:
     resume: str | None = None
     restart_patience: bool = False  # --model_path: more epochs were asked for, so early stopping counts afresh
     preset: str | None = None  # the named recipe the settings came from, if any
-    # how the preset's models caption best (DecodeSettings fields, presets.DECODING), kept by continued runs: what
-    # `captioner caption/evaluate --recommended` and the web page use
+    # how the preset's models caption best (presets.DECODING: RECOMMENDABLE decoding options), kept by continued
+    # runs: what `captioner caption/evaluate --recommended`, Captioner.recommended_decoding and the web page use
     decoding: dict[str, object] | None = None
 
     @classmethod
