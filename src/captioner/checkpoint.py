@@ -23,12 +23,14 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path | str) -> dict:
+def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
+    """`mmap`: tensors are read from the file only when used, for a look at the settings alone (milliseconds
+    instead of a read of the whole file)."""
     path = Path(path)
     if not path.is_file():
         raise CaptionerError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as error:
         raise CaptionerError(f"{path} is not a readable checkpoint (truncated, damaged or another kind of file: "
                              f"{first_line(error, 120)})") from error

@@ -55,15 +55,24 @@ def is_bundle(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def load_bundle(folder: Path, device: str | torch.device | None = None) -> tuple[TrainedModel, Encoder]:
+def bundle_config(folder: Path) -> dict:
+    """The bundle's config.json, checked to be one this captioner reads."""
     try:
         config = json.loads((folder / "config.json").read_text())
-        vocab_data = json.loads((folder / "vocab.json").read_text())
-        tensors = load_file(str(folder / "model.safetensors"))
     except (OSError, ValueError) as error:
         raise CaptionerError(f"{folder} is not a readable captioner bundle ({error})") from error
     if config.get("format") != BUNDLE_FORMAT or config.get("version") != BUNDLE_VERSION:
         raise CaptionerError(f"{folder}/config.json is not a captioner bundle of version {BUNDLE_VERSION}")
+    return config
+
+
+def load_bundle(folder: Path, device: str | torch.device | None = None) -> tuple[TrainedModel, Encoder]:
+    config = bundle_config(folder)
+    try:
+        vocab_data = json.loads((folder / "vocab.json").read_text())
+        tensors = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError) as error:
+        raise CaptionerError(f"{folder} is not a readable captioner bundle ({error})") from error
     run_device = device if isinstance(device, torch.device) else pick_device(device)
     settings = config["encoder"]
     decoder = _load_decoder(DecoderConfig(**config["decoder"]), tensors, folder)

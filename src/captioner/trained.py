@@ -66,10 +66,11 @@ def recommended_in(train_config: dict, source: Path) -> dict[str, object]:
 
 def recommended_decoding(path: Path | str) -> dict[str, object]:
     """The decoding a checkpoint or exported bundle recommends; a clear error when it has none."""
-    from captioner.export import is_bundle, load_bundle
+    from captioner.export import bundle_config, is_bundle
 
-    path = Path(path)
-    settings = load_bundle(path)[0].train_config if is_bundle(path) else load_checkpoint(path).get("train_config", {})
+    path = Path(path)  # only the settings are read: the command loads the model itself
+    settings = (bundle_config(path).get("trained_on", {}) if is_bundle(path)
+                else load_checkpoint(path, mmap=True).get("train_config", {}))
     decoding = recommended_in(settings, path)
     if not decoding:
         raise CaptionerError(f"{path} was not trained with a preset, so it carries no recommended decoding; leave "
