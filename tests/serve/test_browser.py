@@ -85,6 +85,10 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
                in d.find_element(By.ID, "status").text)
     browser.execute_script("document.getElementById('settings').scrollIntoView()")
     screenshot(browser, tmp_path, "caption_page_settings")
+    # a recommendation blocking longer sequences than word pairs names them on the checkbox too
+    browser.execute_script("useRecommended({strategy: 'beam', beam_size: 3, no_repeat_ngram: 3})")
+    assert browser.find_element(By.ID, "no_repeat_ngram-text").text == "Never repeat a sequence of 3 words"
+    assert browser.find_element(By.ID, "no_repeat_ngram").get_attribute("value") == "3"
     browser.set_window_size(390, 844)  # a phone-sized window
     screenshot(browser, tmp_path, "caption_page_phone")
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")

@@ -30,7 +30,9 @@ function useRecommended(decoding) {
     $("temperature").value = decoding.temperature;
     $("temperature-value").textContent = Number(decoding.temperature).toFixed(1);
   }
-  if (decoding.no_repeat_ngram) $("no_repeat_ngram").value = decoding.no_repeat_ngram;
+  const n = Number(decoding.no_repeat_ngram);
+  if (n) $("no_repeat_ngram").value = n;
+  if (n && n !== 2) $("no_repeat_ngram-text").textContent = `Never repeat a sequence of ${n} words`;
   $("no_repeat_ngram").checked = Boolean(decoding.no_repeat_ngram);
   $("flip_average").checked = Boolean(decoding.flip_average);
   $("settings").dispatchEvent(new Event("change"));
