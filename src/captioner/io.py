@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -14,10 +15,14 @@ from captioner.errors import CaptionerError
 
 @contextlib.contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path` in one step.
+
+    The file gets the permissions a plain open() would give it: those of the file it replaces, else the
+    umask's (a temporary file's own 0600 would hide a published page from the web server)."""
+    handle = None
     try:
+        _make_folder(path)
+        handle = _temporary_beside(path)
         with handle:
             yield handle
             handle.flush()
@@ -25,12 +30,42 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         os.replace(handle.name, path)
         _sync_folder(path.parent)
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
         if isinstance(error, OSError):
             raise CaptionerError(f"could not write {path}: {error.strerror or error}; "
                                  "the previous version (if any) is untouched") from error
         raise
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((folder for folder in reversed(path.parents) if folder.exists() and not folder.is_dir()),
+                        path.parent)
+        raise CaptionerError(f"could not write {path}: {blocking} is a file, not a folder") from None
+
+
+def _temporary_beside(path: Path) -> BinaryIO:
+    """A new file in path's folder, created as open() creates files (mode 0666 less the umask; tempfile's are
+    0600), then given the mode of the file at `path` when there is one."""
+    for _ in range(100):
+        try:
+            handle = open(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp", "xb")  # noqa: SIM115
+        except FileExistsError:
+            continue
+        try:
+            os.chmod(handle.name, stat.S_IMODE(path.stat().st_mode))
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
+        return handle
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _sync_folder(folder: Path) -> None:
