@@ -97,6 +97,25 @@ def test_a_continued_run_keeps_the_decoding_its_preset_recommended(shapes: Path,
     assert torch.load(resumed / "best.pt", weights_only=True)["train_config"]["decoding"] == decoding
 
 
+def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from captioner.cli import main
+
+    run = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, keep_checkpoints=3), ["captioner"]).run()
+    out = tmp_path / "resumed"
+    assert main(["train", "--resume", str(run / "model_epoch_1.pt"), "--output_dir", str(out)]) == 0
+    (resumed,) = out.iterdir()
+    config = json.loads((resumed / "run_config.json").read_text())
+    assert (config["max_images"], config["learning_rate"], config["hidden_size"]) == (30, 3e-3, 16)
+    assert [e["train_loss"] for e in history(resumed)] == [e["train_loss"] for e in history(run)]
+    assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--epochs", "3", "--output_dir", str(out)]) == 0
+    assert max(e["epoch"] for e in history(max(out.iterdir(), key=lambda p: p.stat().st_mtime))) == 3
+    # the run's last epoch: nothing is left, and no run folder is made
+    assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--output_dir", str(out)]) == 2
+    assert "is of epoch 2, and --epochs 2 end there: nothing is left to train" in capsys.readouterr().err
+    assert len(list(out.iterdir())) == 2
+
+
 def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
     for name in SCHEDULER_TYPES:
         schedule = ScheduleSettings(scheduler_type=name, keep_epochs=1, scheduler_gamma=0.5)
@@ -186,7 +205,8 @@ def test_killed_mid_run_then_resumed_finishes_like_an_uninterrupted_run(tmp_path
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     (killed_run,) = killed_dir.iterdir()
     assert not (killed_run / "model_epoch_3.pt").exists()
-    resumed = subprocess.run([*arguments, "--output_dir", str(tmp_path / "resumed"), "--resume",
+    # the checkpoint alone: the run's data, model and schedule come from it
+    resumed = subprocess.run([*arguments[:4], "--output_dir", str(tmp_path / "resumed"), "--resume",
                               str(killed_run / "model_epoch_1.pt")], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     (whole_run,), (resumed_run,) = (tmp_path / "whole").iterdir(), (tmp_path / "resumed").iterdir()

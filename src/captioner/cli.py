@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from captioner.errors import CaptionerError
@@ -600,6 +600,23 @@ def parse_with_defaults(command_parser: argparse.ArgumentParser, parse, defaults
     return parse()
 
 
+# options a resumed or continued run does not take from its checkpoint: what names the checkpoint and the new
+# run's folder, the machine's own (device, workers), and for a continuation the epochs (it counts N more)
+NOT_RESUMED = ("resume", "model_path", "mode", "preset", "output_dir", "device", "num_workers", "restart_patience")
+
+
+def resumed_defaults(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, object]:
+    """A resumed (--resume) or continued (--model_path) run's settings, as the train command's defaults: the
+    data, model and schedule of the run it goes on from, so that `--resume CKPT` alone trains the same run on;
+    flags given explicitly still win."""
+    from captioner.checkpoint import load_checkpoint
+
+    saved = dict(load_checkpoint(args.resume or args.model_path, mmap=True).get("train_config", {}))
+    saved.update(saved.pop("schedule", None) or {})
+    skipped = NOT_RESUMED + (("epochs", "scst_epochs") if args.resume is None else ())
+    return {name: value for name, value in saved.items() if name in flags and name not in skipped}
+
+
 def test_mode_arguments(argv: list[str]) -> list[str] | None:
     """`captioner train --mode test ...`, the classic spelling of evaluate: the evaluate arguments, or None."""
     if not argv or argv[0] != "train":
@@ -635,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parse_with_defaults(command_parser, parse, {**PRESETS[args.preset],
                                                                 "decoding": DECODING.get(args.preset)})
     try:
+        if getattr(args, "command", None) == "train" and (args.resume or args.model_path):
+            args = parse_with_defaults(command_parser, parse, resumed_defaults(args, vars(args)))
         if getattr(args, "recommended", False):
             from captioner.trained import recommended_decoding
 

@@ -191,16 +191,21 @@ def continuation_epochs(checkpoint: dict, more: int, scst_epochs: int) -> tuple[
 
 def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
     """A resume goes on as the original run went on; where early stopping ended that run, nothing is left. The
-    checkpoint decides, not this command's options: the original run did stop there."""
-    if config.restart_patience or not stopped_early(checkpoint):
-        return
-    if last_objective(checkpoint) == "cross-entropy" and config.scst_epochs:
-        return  # on to the self-critical epochs
-    patience = checkpoint.get("train_config", {}).get("early_stopping_patience")
-    raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, at which early stopping ended "
-                         f"the run (no better {checkpoint.get('best_metric')} for {patience} epochs); nothing is left "
-                         "to resume, whatever --early_stopping_patience says now. To train on, continue it with "
-                         "--model_path and --epochs N (N more epochs of the same kind; early stopping counts afresh)")
+    checkpoint decides, not this command's options: the original run did stop there. Nor is anything left
+    when the checkpoint's epoch is the last one these options ask for."""
+    on_to_self_critical = last_objective(checkpoint) == "cross-entropy" and config.scst_epochs
+    if not config.restart_patience and stopped_early(checkpoint) and not on_to_self_critical:
+        patience = checkpoint.get("train_config", {}).get("early_stopping_patience")
+        raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, at which early stopping "
+                             f"ended the run (no better {checkpoint.get('best_metric')} for {patience} epochs); "
+                             "nothing is left to resume, whatever --early_stopping_patience says now. To train on, "
+                             "continue it with --model_path and --epochs N (N more epochs of the same kind; early "
+                             "stopping counts afresh)")
+    if checkpoint["epoch"] >= config.epochs + config.scst_epochs:
+        asked = f"--epochs {config.epochs}" + (f" and --scst_epochs {config.scst_epochs}" if config.scst_epochs else "")
+        raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, and {asked} end there: "
+                             "nothing is left to train. Ask for more epochs, or continue it with --model_path and "
+                             "--epochs N (N more epochs)")
 
 
 # ---------------------------------------------------------------- the trainer
