@@ -9,12 +9,27 @@ from functools import lru_cache
 
 import torch
 
+from captioner.errors import CaptionerError
+
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present, else CPU; `requested` ("cpu", "cuda", "cuda:1") forces one."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else CPU; `requested` ("cpu", "cuda", "cuda:1") forces one, checked here so that a
+    device the machine lacks is one clear sentence before any work, not PyTorch's traceback in the middle."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CaptionerError(f"--device {requested}: captioner runs on cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CaptionerError(f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                             f"(torch {torch.__version__}); use --device cpu, or leave it out")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CaptionerError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from cuda:0")
+    return device
 
 
 @lru_cache(maxsize=1)
