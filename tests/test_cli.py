@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from captioner.cli import main
@@ -96,3 +97,15 @@ def test_recommendations_of_older_preset_models_and_unknown_options(tiny_checkpo
     future = with_decoding(tiny_checkpoint, tmp_path / "future.pt", {"beam_size": 2, "seed": 3})
     assert main(["evaluate", "--recommended", "--model_path", str(future)]) == 2
     assert "recommends decoding options this captioner does not know: seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["extract", "--dataset_type", "shapes", "--num_workers", "-1"], "--num_workers/--num-workers: must be at least 0, not -1"),
+    (["caption", "x.jpg", "--model_path", "m.pt", "--batch_size", "0"], "--batch_size/--batch-size: must be at least 1"),
+    (["train", "--image_size", "abc"], "--image_size/--image-size: invalid whole_number value: 'abc'"),
+])
+def test_counts_below_their_least_are_refused_while_parsing(argv: list[str], expected: str,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert expected in capsys.readouterr().err

@@ -116,6 +116,25 @@ def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tm
     assert len(list(out.iterdir())) == 2
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("batch_size", 0, "--batch_size 0: must be at least 1"), ("learning_rate", -1.0, "--learning_rate -1: must be above 0"),
+    ("drop_prob", 1.5, "--drop_prob 1.5: must be at least 0 and below 1"), ("hidden_size", 0, "--hidden_size 0"),
+    ("label_smoothing", 2.0, "--label_smoothing 2"), ("max_length", 0, "--max_length 0"),
+    ("scst_samples", 1, "--scst_samples 1: must be at least 2"), ("subset_fraction", 1.5, "--subset_fraction 1.5"),
+    ("epochs", 0, "nothing to train")])
+def test_out_of_range_numbers_are_refused_before_any_work(shapes: Path, tmp_path: Path, option: str, value: float,
+                                                          expected: str) -> None:
+    with pytest.raises(CaptionerError, match=expected):
+        Trainer(small(shapes, tmp_path, **{option: value}, cache_dir=str(tmp_path / "never")), ["captioner"])
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_out_of_range_schedule_setting_is_refused(shapes: Path, tmp_path: Path) -> None:
+    schedule = ScheduleSettings(scheduler_type="step", scheduler_step_size=0)
+    with pytest.raises(CaptionerError, match="--scheduler_step_size 0: must be at least 1"):
+        Trainer(small(shapes, tmp_path, use_scheduler=True, schedule=schedule), ["captioner"])
+
+
 def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
     for name in SCHEDULER_TYPES:
         schedule = ScheduleSettings(scheduler_type=name, keep_epochs=1, scheduler_gamma=0.5)

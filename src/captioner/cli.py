@@ -90,17 +90,27 @@ def add_data_commands(subcommands: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- extract
 
 
+def at_least(lowest: int):
+    """An argparse type: a whole number of at least `lowest` (a count of workers, images, pixels)."""
+    def whole_number(text: str) -> int:
+        value = int(text)  # argparse reports a ValueError as "invalid whole_number value"
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, not {value}")
+        return value
+    return whole_number
+
+
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     from captioner.encoders import ENCODERS
 
     group = parser.add_argument_group("encoder and feature cache")
     flag(group, "--encoder", choices=list(ENCODERS), default="efficientnet_lite0", help="CNN encoder")
     flag(group, "--encoder_weights", type=Path, help="local .pth weights for torchvision encoders")
-    flag(group, "--image_size", type=int, help="input side in pixels (default: the encoder's own, 224 for lite0)")
+    flag(group, "--image_size", type=at_least(1), help="input side in pixels (default: the encoder's own, 224 for lite0)")
     flag(group, "--cache_dir", type=Path, help="feature cache folder (default: one per dataset and settings "
                                                "under ~/.cache/captioner/features or $CAPTIONER_CACHE)")
     flag(group, "--augment_flip", action="store_true", help="also cache features of horizontally flipped images")
-    flag(group, "--num_workers", type=int, help="image-decoding worker processes (default: 0 on a CPU with "
+    flag(group, "--num_workers", type=at_least(0), help="image-decoding worker processes (default: 0 on a CPU with "
                                                 "2 cores, where inline decoding is faster; more with CUDA)")
     flag(group, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
 
@@ -132,7 +142,7 @@ def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
     extract = subcommands.add_parser("extract", help="run the encoder once per image and cache its features")
     add_dataset_args(extract)
     add_encoder_args(extract)
-    flag(extract, "--batch_size", type=int, help="images per encoder batch (default 16 on CPU, 128 on CUDA)")
+    flag(extract, "--batch_size", type=at_least(1), help="images per encoder batch (default 16 on CPU, 128 on CUDA)")
     extract.set_defaults(run=run_extract)
 
 
@@ -165,7 +175,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
     flag(model, "--alpha_c", type=float, default=1.0, help="attention: doubly stochastic regularisation weight")
     optim = train.add_argument_group("optimisation")
     flag(optim, "--epochs", type=int, default=10)
-    flag(optim, "--batch_size", type=int, default=64)
+    flag(optim, "--batch_size", type=at_least(1), default=64)
     flag(optim, "--learning_rate", type=float, default=4e-4)
     flag(optim, "--clip_norm", type=float, default=5.0, help="gradient clipping norm (0: off)")
     flag(optim, "--weight_decay", type=float, default=0.0)
@@ -294,7 +304,7 @@ def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
     flag(data, "--cache_dir", type=Path, help="feature cache folder (default: the one training used)")
     flag(data, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
     flag(data, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    flag(data, "--batch_size", type=int, default=100, help="images decoded at once")
+    flag(data, "--batch_size", type=at_least(1), default=100, help="images decoded at once")
     add_decoding_args(evaluate)
     flag(evaluate, "--output_dir", type=Path, help="evaluation folder (default: a new one beside the checkpoint)")
     evaluate.set_defaults(run=run_evaluate)
@@ -338,7 +348,7 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> argparse.Arg
          help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
     flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    flag(caption, "--batch_size", type=int, help="images decoded together (default 64; the encoder runs them "
+    flag(caption, "--batch_size", type=at_least(1), help="images decoded together (default 64; the encoder runs them "
          "16 at a time on a CPU, 64 on CUDA)")
     add_decoding_args(caption)
     caption.set_defaults(run=run_caption)

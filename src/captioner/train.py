@@ -143,13 +143,38 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _at_least(lowest: float) -> tuple:
+    return (lambda value: value >= lowest), f"at least {lowest:g}"
+
+
+_POSITIVE = ((lambda value: value > 0), "above 0")
+_A_PROBABILITY = ((lambda value: 0 <= value < 1), "at least 0 and below 1")
+# what each numeric option must be (None, where allowed, means "not set"), checked before any work
+OPTION_RANGES = {
+    **dict.fromkeys(("embed_size", "hidden_size", "attention_dim", "num_layers", "batch_size", "max_length",
+                     "freq_threshold", "max_vocab", "max_images", "image_size", "keep_checkpoints",
+                     "early_stopping_patience", "scst_xe_references", "scheduler_step_size", "scheduler_t_max",
+                     "keep_epochs"), _at_least(1)),
+    **dict.fromkeys(("epochs", "scst_epochs", "num_workers", "bleu_images", "show_samples", "attention_viz_samples",
+                     "clip_norm", "weight_decay", "alpha_c", "scst_xe_weight", "scst_bleu_weight", "min_lr",
+                     "scheduler_patience", "warmup_epochs"), _at_least(0)),
+    **dict.fromkeys(("learning_rate", "encoder_lr", "scst_lr", "scst_lr_decay", "scheduler_factor",
+                     "scheduler_gamma"), _POSITIVE),
+    **dict.fromkeys(("drop_prob", "embed_dropout", "label_smoothing"), _A_PROBABILITY),
+    "subset_fraction": ((lambda value: 0 < value <= 1), "above 0 and at most 1"),
+    "scst_samples": _at_least(2),  # each sample's baseline is the mean of its siblings'
+}
+
+
 def check_options(config: TrainConfig) -> None:
     """Settings that are wrong on their own, whatever the data."""
-    if config.scst_lr_decay <= 0:
-        raise CaptionerError(f"--scst_lr_decay {config.scst_lr_decay:g}: the learning rate's factor per "
-                             "self-critical epoch must be above 0 (1 keeps it constant)")
-    if config.scst_xe_references is not None and config.scst_xe_references < 1:
-        raise CaptionerError(f"--scst_xe_references {config.scst_xe_references}: needs at least 1 reference per image")
+    settings = {**asdict(config), **asdict(config.schedule)}
+    for name, (allowed, what) in OPTION_RANGES.items():
+        value = settings[name]
+        if value is not None and not allowed(value):
+            raise CaptionerError(f"--{name} {value:g}: must be {what}")
+    if config.epochs + config.scst_epochs < 1:
+        raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
     if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
         raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
                              "attention to draw")
