@@ -65,3 +65,25 @@ def test_recommended_captions_as_the_explicit_flags_do(tiny_checkpoint: Path, ca
     assert recommended == json.loads(capsys.readouterr().out)
     assert main([*command, "--recommended", "--strategy", "greedy", "--num_captions", "1"]) == 0  # explicit wins
     assert all(len(row["captions"]) == 1 for row in json.loads(capsys.readouterr().out))
+
+
+def test_nothing_to_caption_or_nowhere_to_write_fails_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    """The model path does not exist: each error must come first, before any captioning whose result is lost."""
+    (tmp_path / "empty").mkdir()
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    (tmp_path / "a_file").write_text("")
+    missing_model = str(tmp_path / "no_model.pt")
+    assert main(["caption", str(tmp_path / "empty"), "--model_path", missing_model]) == 2
+    assert "no images (.bmp, .gif" in capsys.readouterr().err
+    for option in ("--output", "--html"):
+        assert main(["caption", str(image), "--model_path", missing_model, option, str(tmp_path / "a_file" / "x")]) == 2
+        assert f"{tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
+    assert main(["caption", str(image), "--model_path", missing_model, "--output", str(tmp_path)]) == 2
+    assert "is a folder; name the file to write" in capsys.readouterr().err
+
+
+def test_a_run_folder_given_as_the_model_says_which_file_to_name(tiny_checkpoint: Path, capsys) -> None:
+    image = shapes_images(tiny_checkpoint, 1)[0]
+    assert main(["caption", str(image), "--model_path", str(tiny_checkpoint.parent)]) == 2
+    assert "is a folder, not a checkpoint file; it holds best.pt" in capsys.readouterr().err

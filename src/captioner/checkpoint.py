@@ -27,6 +27,9 @@ def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
     """`mmap`: tensors are read from the file only when used, for a look at the settings alone (milliseconds
     instead of a read of the whole file)."""
     path = Path(path)
+    if path.is_dir():
+        inside = "; it holds best.pt" if (path / "best.pt").is_file() else ""
+        raise CaptionerError(f"{path} is a folder, not a checkpoint file{inside}: name the .pt file (RUN/best.pt)")
     if not path.is_file():
         raise CaptionerError(f"checkpoint {path} does not exist")
     try:

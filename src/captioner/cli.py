@@ -371,14 +371,22 @@ def run_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from captioner.api import Captioner, expand_inputs
+    from captioner.data.records import IMAGE_EXTENSIONS
+
+    from captioner.io import check_writable
 
     settings = decode_settings(args)
+    for destination in (args.output, args.html):
+        if destination is not None:
+            check_writable(destination)  # before the captioning, whose results would be lost
+    if args.alt_text_into is None and not args.images:
+        raise CaptionerError("name the images to caption (files, folders or globs), or pass --alt-text-into PAGE")
+    items = [] if args.alt_text_into is not None else list(expand_inputs(expand_image_arguments(args.images)))
+    if args.alt_text_into is None and not items:
+        raise CaptionerError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(args.images)}")
     captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
     if args.alt_text_into is not None:
         return _fill_alt_text(args, captioner, settings)
-    if not args.images:
-        raise CaptionerError("name the images to caption (files, folders or globs), or pass --alt-text-into PAGE")
-    items = list(expand_inputs(expand_image_arguments(args.images)))
     results = []
     with tqdm(total=len(items), unit="img", desc="captioning", disable=None if len(items) > 1 else True) as bar:
         for batch in captioner.caption_batches([source for _, source in items], settings, args.batch_size):

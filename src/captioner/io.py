@@ -39,6 +39,18 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, with a clear message, where a file could not be written later: before minutes of work whose
+    result would then be lost."""
+    if path.is_dir():
+        raise CaptionerError(f"{path} is a folder; name the file to write")
+    ancestor = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not ancestor.is_dir():
+        raise CaptionerError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CaptionerError(f"cannot write {path}: no permission to write into {ancestor}")
+
+
 def _make_folder(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
