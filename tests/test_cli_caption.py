@@ -87,3 +87,11 @@ def test_a_run_folder_given_as_the_model_says_which_file_to_name(tiny_checkpoint
     image = shapes_images(tiny_checkpoint, 1)[0]
     assert main(["caption", str(image), "--model_path", str(tiny_checkpoint.parent)]) == 2
     assert "is a folder, not a checkpoint file; it holds best.pt" in capsys.readouterr().err
+
+
+def test_alt_text_into_takes_both_spellings_and_no_other_images(tmp_path: Path, capsys) -> None:
+    page = tmp_path / "page.html"
+    page.write_text("<img src='a.png'>")
+    assert main(["caption", "b.png", "--model_path", str(tmp_path / "m.pt"), "--alt_text_into", str(page)]) == 2
+    assert "--alt-text-into captions the images its page shows; leave out the images named (b.png)" in \
+        capsys.readouterr().err

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from captioner.errors import CaptionerError
 
@@ -57,15 +57,14 @@ def image_tags(page: str) -> list[ImageTag]:
 
 
 def local_image(src: str, page_folder: Path) -> Path | None:
-    """The file an `<img src>` points to, when it is a local file (relative path or file: URL)."""
+    """The file an `<img src>` names, when it names a local one (relative path or file: URL), whether or not
+    it exists."""
     parsed = urlparse(src)
     if parsed.scheme == "file":
-        path = Path(unquote(parsed.path))
-    elif parsed.scheme or src.startswith("//") or not src:
+        return Path(unquote(parsed.path))
+    if parsed.scheme or src.startswith("//") or not src:
         return None  # http(s), data: and protocol-relative URLs are not local files
-    else:
-        path = page_folder / unquote(parsed.path)
-    return path if path.is_file() else None
+    return page_folder / unquote(parsed.path)
 
 
 def fill_missing_alt(page_path: Path, caption_images) -> tuple[str, list[str]]:
@@ -73,12 +72,15 @@ def fill_missing_alt(page_path: Path, caption_images) -> tuple[str, list[str]]:
     maps a list of paths to captions (None where an image could not be captioned). Returns the new page and
     notes on the images left without alt text."""
     try:
-        page = page_path.read_text(encoding="utf-8")
+        page = page_path.read_bytes().decode("utf-8")  # not read_text(): its newline translation rewrites CRLF
     except (OSError, UnicodeDecodeError) as error:
         raise CaptionerError(f"{page_path}: cannot read the page ({error})") from error
     tags = [tag for tag in image_tags(page) if not tag.has_alt]
-    targets = {tag.start: local_image(tag.src, page_path.parent) for tag in tags}
-    notes = [f"{tag.src or '(no src)'}: not a local file" for tag in tags if targets[tag.start] is None]
+    named = {tag.start: local_image(tag.src, page_path.parent) for tag in tags}
+    targets = {start: path if path is not None and path.is_file() else None for start, path in named.items()}
+    notes = [f"{tag.src or '(no src)'}: " + ("not a local file" if named[tag.start] is None
+                                             else f"no such file {named[tag.start]}")
+             for tag in tags if targets[tag.start] is None]
     paths = sorted({path for path in targets.values() if path is not None})
     captions = dict(zip(paths, caption_images(paths))) if paths else {}
     pieces, position = [], 0
@@ -104,7 +106,7 @@ def gallery_page(items: list[tuple[Path, str | None]], page_path: Path, title: s
         source = os.path.relpath(image.resolve(), page_path.resolve().parent)
         alt = html.escape(caption or "", quote=True)
         text = html.escape(caption) if caption else "<em>could not be captioned</em>"
-        figures.append(f'  <figure>\n    <img src="{html.escape(Path(source).as_posix(), quote=True)}" alt="{alt}" '
+        figures.append(f'  <figure>\n    <img src="{html.escape(quote(Path(source).as_posix()), quote=True)}" alt="{alt}" '
                        f'loading="lazy">\n    <figcaption>{text}<br><small>{html.escape(image.name)}</small>'
                        f"</figcaption>\n  </figure>")
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}"

@@ -344,7 +344,7 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> argparse.Arg
     flag(caption, "--format", choices=("text", "json", "csv"), default="text", help="default: text")
     flag(caption, "--output", type=Path, help="write the captions to this file instead of the screen")
     flag(caption, "--html", type=Path, help="also write a page showing every image with its caption as alt text")
-    flag(caption, "--alt-text-into", dest="alt_text_into", type=Path,
+    flag(caption, "--alt_text_into", type=Path,
          help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
     flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
@@ -381,6 +381,9 @@ def run_caption(args: argparse.Namespace) -> int:
             check_writable(destination)  # before the captioning, whose results would be lost
     if args.alt_text_into is None and not args.images:
         raise CaptionerError("name the images to caption (files, folders or globs), or pass --alt-text-into PAGE")
+    if args.alt_text_into is not None and args.images:
+        raise CaptionerError("--alt-text-into captions the images its page shows; leave out the images named "
+                             f"({' '.join(args.images)}), or caption them in a command of their own")
     items = [] if args.alt_text_into is not None else list(expand_inputs(expand_image_arguments(args.images)))
     if args.alt_text_into is None and not items:
         raise CaptionerError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(args.images)}")
