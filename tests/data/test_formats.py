@@ -94,6 +94,17 @@ def test_kaggle_csv_with_commas_and_quotes(tmp_path: Path) -> None:
     assert by_name == {"x.jpg": ("A man, a plan, a canal", 'He said "hi" .'), "y.jpg": ("A girl in a red coat",)}
 
 
+def test_an_unclosed_quote_spoils_one_caption_not_the_rest_of_the_file(tmp_path: Path) -> None:
+    for name in ("x.jpg", "y.jpg", "z.jpg"):
+        write_image(tmp_path / "Images" / name)
+    (tmp_path / "captions.txt").write_text('image,caption\nx.jpg,"A dog, running\ny.jpg,A cat .\nz.jpg,"A bird ."\n')
+    dataset = load_dataset("csv", tmp_path)
+    by_name = {record.image_id: record.captions for record in dataset.records}
+    assert by_name == {"x.jpg": ("A dog, running",), "y.jpg": ("A cat .",), "z.jpg": ("A bird .",)}
+    assert dataset.report.repaired["lines with an unclosed quote (read to the line's end)"] == 1
+    assert "captions.txt:2" in dataset.report.summary()
+
+
 def test_flickr30k_pipe_csv(tmp_path: Path) -> None:
     write_image(tmp_path / "flickr30k_images" / "1.jpg")
     (tmp_path / "results.csv").write_text("image_name| comment_number| comment\n1.jpg| 0| Two dogs play .\n")
@@ -134,6 +145,40 @@ def test_coco_json(tmp_path: Path) -> None:
     assert {r.image_id: r.split for r in dataset.records} == {"COCO_train2014_1.jpg": "train",
                                                              "COCO_val2014_2.jpg": "dev"}
     assert dataset.report.skipped["annotations naming an unknown image id"] == 2
+
+
+def test_karpathy_entries_of_the_wrong_shape_are_skipped_or_named(tmp_path: Path) -> None:
+    for name in ("p.jpg", "q.jpg", "r.jpg"):
+        write_image(tmp_path / "Images" / name)
+    images = [{"filename": "p.jpg", "split": "train", "sentences": [{"raw": "A p ."}, {"raw": None}, 7]},
+              {"filename": "q.jpg", "split": "train", "sentences": None},
+              {"filename": "r.jpg", "split": "train", "sentences": "a string, not a list"}]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": images}))
+    dataset = load_dataset("karpathy", tmp_path)
+    assert [(r.image_id, r.captions) for r in dataset.records] == [("p.jpg", ("A p .",))]
+    assert dataset.report.skipped["sentences without a `raw` text or `tokens`"] == 2
+    assert dataset.report.skipped["malformed entries"] == 2
+    images[0]["sentences"] = None  # the first entry decides whether this is a Karpathy file at all
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": images}))
+    with pytest.raises(DatasetFormatError, match="expected images\\[\\] entries with `filename` and `sentences`"):
+        load_dataset("karpathy", tmp_path)
+
+
+def test_coco_entries_of_the_wrong_shape_are_skipped(tmp_path: Path) -> None:
+    write_image(tmp_path / "train2014" / "COCO_train2014_1.jpg")
+    (tmp_path / "annotations").mkdir()
+    data = {"images": [{"id": 1, "file_name": "COCO_train2014_1.jpg"}, 2, {"id": [3], "file_name": "x.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "A thing ."}, {"image_id": [1], "caption": "Listed id ."},
+                            {"image_id": 1, "caption": None}, "not an annotation"]}
+    (tmp_path / "annotations" / "captions_train2014.json").write_text(json.dumps(data))
+    dataset = load_dataset("coco", tmp_path)
+    assert [r.captions for r in dataset.records] == [("A thing .",)]
+    skipped = dataset.report.skipped
+    assert skipped["images[] entries without an `id` and a `file_name`"] == 2
+    assert skipped["annotations naming an unknown image id"] == 2 and skipped["annotations without a caption text"] == 1
+    (tmp_path / "annotations" / "captions_train2014.json").write_text(json.dumps({**data, "images": [1, 2, 3][0]}))
+    with pytest.raises(DatasetFormatError, match="captions_train2014.json: expected COCO captions"):
+        load_dataset("coco", tmp_path)
 
 
 def test_bad_json_names_the_file(tmp_path: Path) -> None:

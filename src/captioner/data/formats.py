@@ -133,9 +133,12 @@ def read_captions_csv(path: Path, report: LoadReport) -> Iterator[Caption]:
         raise DatasetFormatError(path, header_index + 1, "a header line naming `image` and `caption` columns",
                                  header_line[:80])
     checker = _FormatChecker(path, f"{header_line.strip()!r} rows", report)
-    rows = csv.reader((line + "\n" for line in lines[header_index + 1:]), delimiter=delimiter)
-    for row in rows:
-        number = header_index + 1 + rows.line_num
+    # one row per line, each parsed on its own: a caption never spans lines, and an unclosed quote would
+    # otherwise swallow the rest of the file into one caption
+    for number, line in enumerate(lines[header_index + 1:], header_index + 2):
+        row = next(csv.reader([line], delimiter=delimiter), [])
+        if line.count('"') % 2:
+            report.repair("lines with an unclosed quote (read to the line's end)", f"{path.name}:{number}")
         if not row or not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(image_column, caption_column) or not row[image_column].strip():
@@ -350,7 +353,8 @@ def read_karpathy_json(path: Path, report: LoadReport) -> Iterator[tuple[Caption
         raise DatasetFormatError(path, None, 'a Karpathy split file {"images": [{"filename", "split", "sentences"}]}')
     for index, image in enumerate(data["images"]):
         where = f"{path.name}:images[{index}]"
-        if not isinstance(image, dict) or "filename" not in image or "sentences" not in image:
+        if not isinstance(image, dict) or not isinstance(image.get("filename"), str) \
+                or not isinstance(image.get("sentences"), list):
             if index == 0:
                 raise DatasetFormatError(path, None, "images[] entries with `filename` and `sentences`", str(image)[:80])
             report.skip("malformed entries", where)
@@ -359,9 +363,13 @@ def read_karpathy_json(path: Path, report: LoadReport) -> Iterator[tuple[Caption
         split = KARPATHY_SPLITS.get(str(image.get("split", "")), UNSPLIT)
         for sentence in image["sentences"]:
             raw = sentence.get("raw") if isinstance(sentence, dict) else sentence
-            if not isinstance(raw, str) and isinstance(sentence, dict):
-                raw = " ".join(sentence.get("tokens", []))
-            yield (key, raw if isinstance(raw, str) else "", where, None), split
+            tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+            if not isinstance(raw, str) and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                raw = " ".join(tokens)
+            if not isinstance(raw, str):
+                report.skip("sentences without a `raw` text or `tokens`", where)
+                continue
+            yield (key, raw, where, None), split
 
 
 def load_karpathy(path: Path, root: Path, report: LoadReport, name: str | None = None) -> Dataset:
@@ -387,17 +395,26 @@ def _karpathy_image_root(root: Path, first_key: str) -> Path:
 def read_coco_json(path: Path, report: LoadReport) -> Iterator[Caption]:
     """COCO `captions_*.json`: images [{id, file_name}] and annotations [{image_id, caption}]."""
     data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list) or "images" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list) \
+            or not isinstance(data.get("images"), list):
         raise DatasetFormatError(path, None, 'COCO captions {"images": [...], "annotations": [...]}')
-    files = {image["id"]: image["file_name"] for image in data["images"] if "id" in image and "file_name" in image}
+    files = {}
+    for index, image in enumerate(data["images"]):
+        if isinstance(image, dict) and isinstance(image.get("id"), (int, str)) and isinstance(image.get("file_name"), str):
+            files[image["id"]] = image["file_name"]
+        else:
+            report.skip("images[] entries without an `id` and a `file_name`", f"{path.name}:images[{index}]")
     for index, annotation in enumerate(data["annotations"]):
         where = f"{path.name}:annotations[{index}]"
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-        if image_id not in files:
+        if not isinstance(image_id, (int, str)) or image_id not in files:
             report.skip("annotations naming an unknown image id", where)
             continue
+        if not isinstance(annotation.get("caption"), str):
+            report.skip("annotations without a caption text", where)
+            continue
         caption_id = annotation.get("id")
-        yield files[image_id], str(annotation.get("caption", "")), where, None if caption_id is None else str(caption_id)
+        yield files[image_id], annotation["caption"], where, None if caption_id is None else str(caption_id)
 
 
 def _load_coco(root: Path, report: LoadReport) -> Dataset:
