@@ -61,3 +61,29 @@ def test_onnx_files_match_pytorch(tiny_checkpoint: Path, tmp_path: Path) -> None
             np.testing.assert_allclose(outputs[-1], alpha.numpy(), rtol=1e-4, atol=1e-5)
             state = dict(zip(names, outputs[1:1 + len(names)]))  # next.* become state.*
             tokens = logits.argmax(1)
+
+
+def test_damaged_bundles_and_bad_destinations_are_one_clear_error(tiny_checkpoint: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a_file").write_text("")
+    assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(tmp_path / "a_file")]) == 2
+    assert "a_file is a file; choose a new folder" in capsys.readouterr().err
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 0
+    weights = (bundle / "model.safetensors").read_bytes()
+    image = str(images(tiny_checkpoint, 1)[0])
+
+    def caption_error() -> str:
+        capsys.readouterr()
+        assert main(["caption", image, "--model_path", str(bundle)]) == 2
+        return capsys.readouterr().err
+
+    (bundle / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert "is not a readable captioner bundle" in caption_error()
+    (bundle / "model.safetensors").write_bytes(weights)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "encoder": {**config["encoder"], "name": "resnet34"}}))
+    error = caption_error()
+    assert "its encoder weights do not fit the resnet34 encoder that config.json names" in error and len(error) < 400
+    (bundle / "config.json").unlink()
+    assert "looks like an exported bundle but has no config.json" in caption_error()

@@ -106,7 +106,8 @@ def gallery_page(items: list[tuple[Path, str | None]], page_path: Path, title: s
         source = os.path.relpath(image.resolve(), page_path.resolve().parent)
         alt = html.escape(caption or "", quote=True)
         text = html.escape(caption) if caption else "<em>could not be captioned</em>"
-        figures.append(f'  <figure>\n    <img src="{html.escape(quote(Path(source).as_posix()), quote=True)}" alt="{alt}" '
+        url = html.escape(quote(Path(source).as_posix()), quote=True)
+        figures.append(f'  <figure>\n    <img src="{url}" alt="{alt}" '
                        f'loading="lazy">\n    <figcaption>{text}<br><small>{html.escape(image.name)}</small>'
                        f"</figcaption>\n  </figure>")
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}"

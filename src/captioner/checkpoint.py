@@ -28,6 +28,8 @@ def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
     instead of a read of the whole file)."""
     path = Path(path)
     if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            raise CaptionerError(f"{path} looks like an exported bundle but has no config.json; export the model again")
         inside = "; it holds best.pt" if (path / "best.pt").is_file() else ""
         raise CaptionerError(f"{path} is a folder, not a checkpoint file{inside}: name the .pt file (RUN/best.pt)")
     if not path.is_file():

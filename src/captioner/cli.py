@@ -106,7 +106,8 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoder and feature cache")
     flag(group, "--encoder", choices=list(ENCODERS), default="efficientnet_lite0", help="CNN encoder")
     flag(group, "--encoder_weights", type=Path, help="local .pth weights for torchvision encoders")
-    flag(group, "--image_size", type=at_least(1), help="input side in pixels (default: the encoder's own, 224 for lite0)")
+    flag(group, "--image_size", type=at_least(1),
+         help="input side in pixels (default: the encoder's own, 224 for lite0)")
     flag(group, "--cache_dir", type=Path, help="feature cache folder (default: one per dataset and settings "
                                                "under ~/.cache/captioner/features or $CAPTIONER_CACHE)")
     flag(group, "--augment_flip", action="store_true", help="also cache features of horizontally flipped images")
@@ -517,7 +518,8 @@ def add_export_command(subcommands: argparse._SubParsersAction) -> None:
     export = subcommands.add_parser("export", help="write a bundle (safetensors + JSON) that loads without pickles")
     flag(export, "--model_path", type=Path, required=True, help="checkpoint to export")
     flag(export, "--output", type=Path, required=True, help="bundle folder to write")
-    flag(export, "--onnx", action="store_true", help="also write encoder.onnx and decoder_step.onnx")
+    flag(export, "--onnx", action="store_true",
+         help="also write encoder.onnx, decoder_start.onnx and decoder_step.onnx")
     flag(export, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
     export.set_defaults(run=run_export)
 
@@ -526,9 +528,13 @@ def run_export(args: argparse.Namespace) -> int:
     from captioner.api import Captioner
     from captioner.export import export_bundle
 
+    from captioner.io import check_writable
+
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
+        raise CaptionerError(f"--output {args.output} is {'not empty' if args.output.is_dir() else 'a file'}; "
+                             "choose a new folder")
+    check_writable(args.output / "config.json")
     captioner = Captioner.load(args.model_path, "cpu", args.encoder_weights)
-    if args.output.exists() and any(args.output.iterdir()):
-        raise CaptionerError(f"--output {args.output} is not empty; choose a new folder")
     export_bundle(captioner.model, captioner.encoder, args.output)
     if args.onnx:
         from captioner.onnx_export import export_onnx

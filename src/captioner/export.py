@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from captioner.data.vocab import Vocabulary
@@ -71,13 +72,18 @@ def load_bundle(folder: Path, device: str | torch.device | None = None) -> tuple
     try:
         vocab_data = json.loads((folder / "vocab.json").read_text())
         tensors = load_file(str(folder / "model.safetensors"))
-    except (OSError, ValueError) as error:
-        raise CaptionerError(f"{folder} is not a readable captioner bundle ({error})") from error
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CaptionerError(f"{folder} is not a readable captioner bundle ({first_line(error)})") from error
     run_device = device if isinstance(device, torch.device) else pick_device(device)
     settings = config["encoder"]
     decoder = _load_decoder(DecoderConfig(**config["decoder"]), tensors, folder)
     encoder = build_architecture(settings["name"], settings.get("weights_sha256") or "bundle")
-    encoder.trunk.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+    try:
+        encoder.trunk.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+    except RuntimeError as error:
+        raise CaptionerError(f"{folder}/model.safetensors: its encoder weights do not fit the {settings['name']} "
+                             "encoder that config.json names (edited or mixed files?); export the model again"
+                             ) from error
     model = TrainedModel(decoder.to(run_device).eval(), Vocabulary.from_dict(vocab_data, f"{folder}/vocab.json"),
                          settings["name"], {**settings, "transform": get_spec(settings["name"]).transform_description(
                              settings["image_size"])}, None, config.get("trained_on", {}), folder, run_device)

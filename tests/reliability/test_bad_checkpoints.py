@@ -81,7 +81,7 @@ def test_a_checkpoint_from_another_setup_cannot_be_resumed(change: dict, message
     shapes = tiny_checkpoint.parents[2] / "shapes"
     code = main(["train", "--dataset_type", "shapes", "--data_dir", str(shapes), "--encoder", "tiny_random",
                  "--cache_dir", str(tiny_checkpoint.parents[2] / "cache"), "--embed_size", "16", "--hidden_size", "16",
-                 "--attention_dim", "16", "--freq_threshold", "1", "--resume", str(other),
+                 "--attention_dim", "16", "--freq_threshold", "1", "--resume", str(other), "--epochs", "4",
                  "--output_dir", str(tmp_path / "runs")])
     captured = capsys.readouterr()
     assert code == 2 and message in captured.err and "Traceback" not in captured.err

@@ -400,7 +400,8 @@ def read_coco_json(path: Path, report: LoadReport) -> Iterator[Caption]:
         raise DatasetFormatError(path, None, 'COCO captions {"images": [...], "annotations": [...]}')
     files = {}
     for index, image in enumerate(data["images"]):
-        if isinstance(image, dict) and isinstance(image.get("id"), (int, str)) and isinstance(image.get("file_name"), str):
+        usable = isinstance(image, dict) and isinstance(image.get("id"), (int, str))
+        if usable and isinstance(image.get("file_name"), str):
             files[image["id"]] = image["file_name"]
         else:
             report.skip("images[] entries without an `id` and a `file_name`", f"{path.name}:images[{index}]")
