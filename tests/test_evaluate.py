@@ -51,6 +51,19 @@ def test_a_second_evaluation_gets_a_new_folder_and_train_mode_test_is_evaluate(t
     assert about["images"] == 5
 
 
+def test_an_evaluation_folder_with_human_ratings_is_not_written_over(tiny_checkpoint: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    folder = tmp_path / "reviewed"
+    arguments = ["evaluate", "--model_path", str(tiny_checkpoint), "--max_images", "5", "--output_dir", str(folder)]
+    assert main([*arguments, "--strategy", "greedy"]) == 0
+    (folder / "ratings.sqlite").write_bytes(b"ratings of the greedy captions")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main([*arguments, "--beam_size", "2"]) == 2
+    assert "holds human ratings of its captions (ratings.sqlite)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_bad_checkpoints_are_one_clear_error(tmp_path: Path, capsys) -> None:
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--model_path", str(tmp_path / "broken.pt")]) == 2

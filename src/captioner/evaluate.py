@@ -25,6 +25,7 @@ from captioner.features import extract_features, read_manifest
 from captioner.io import atomic_write_text
 from captioner.live_features import LiveFeatures
 from captioner.metrics import Scores, score_captions
+from captioner.serve.ratings import DATABASE as RATINGS_FILE
 from captioner.trained import TrainedModel
 
 
@@ -45,6 +46,10 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
     keep_freed_memory()
     settings = settings or DecodeSettings()
     started = time.perf_counter()
+    folder = output_dir or default_output_dir(model.source, split, settings)
+    if (folder / RATINGS_FILE).exists():  # ratings are kept by image: new captions would inherit the old ones'
+        raise CaptionerError(f"{folder} holds human ratings of its captions ({RATINGS_FILE}); new captions there "
+                             "would be paired with ratings of other sentences: choose another --output_dir")
     records, dataset_type = split_records(model, split, dataset_type, data_dir, captions_file, max_images)
     lookup = FeatureLookup(model, [r.image for r in records], cache_dir, encoder_weights, progress,
                            mirrored_too=settings.flip_average)
@@ -60,7 +65,6 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
     references = {r.image_id: list(r.captions) for r in usable}
     scores = score_captions(references, captions, use_java=use_java)
     seconds = time.perf_counter() - started
-    folder = output_dir or default_output_dir(model.source, split, settings)
     images = {r.image_id: str(r.image.resolve()) for r in usable}
     write_evaluation(folder, model, split, settings, captions, references, scores, seconds,
                      skipped=len(records) - len(usable), dataset_type=dataset_type, images=images)
