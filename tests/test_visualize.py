@@ -42,6 +42,16 @@ def test_models_without_attention_are_a_clear_error(tiny_checkpoint: Path, tmp_p
     assert "leave out --flip_average" in capsys.readouterr().err
 
 
+def test_options_it_cannot_honour_are_refused_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    image, missing_model = str(tmp_path / "a.png"), str(tmp_path / "no_model.pt")
+    assert main(["visualize", image, "--model_path", missing_model, "--output", str(tmp_path / "a.jpg")]) == 2
+    assert "the attention picture is a PNG; name a .png file" in capsys.readouterr().err
+    assert main(["visualize", image, "--model_path", missing_model, "--num_captions", "3"]) == 2
+    assert "visualize draws the best caption only" in capsys.readouterr().err
+    assert main(["caption", image, "--model_path", missing_model, "--strategy", "greedy", "--num_captions", "3"]) == 2
+    assert "greedy decoding writes one caption per image, not 3" in capsys.readouterr().err
+
+
 def test_trace_replays_the_caption_step_by_step() -> None:
     vocab = Vocabulary.build([["a", "red", "square"]], freq_threshold=1)
     torch.manual_seed(0)

@@ -489,9 +489,17 @@ def run_visualize(args: argparse.Namespace) -> int:
     from captioner.images import BadImageError, open_rgb
     from captioner.visualize import save_picture, trace_caption
 
+    from captioner.io import check_writable
+
     settings = decode_settings(args)
     if settings.flip_average:
         raise CaptionerError("visualize traces the caption through the plain image only; leave out --flip_average")
+    if settings.num_captions > 1:
+        raise CaptionerError("visualize draws the best caption only; leave out --num_captions")
+    output = args.output or Path(f"{args.image.stem}_attention.png")
+    if output.suffix.lower() != ".png":
+        raise CaptionerError(f"--output {output}: the attention picture is a PNG; name a .png file")
+    check_writable(output)
     captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
     if not captioner.uses_attention:
         raise CaptionerError(f"{args.model_path} has a {captioner.model.decoder.config.decoder} decoder, which has "
@@ -505,7 +513,6 @@ def run_visualize(args: argparse.Namespace) -> int:
     vocab = captioner.model.vocab
     tokens = [vocab.stoi.get(word, vocab.unk_id) for word in result.tokens]
     trace = trace_caption(captioner.model.decoder, features, vocab, tokens, captioner.grid)
-    output = args.output or Path(f"{args.image.stem}_attention.png")
     save_picture(output, image, trace, advanced=args.advanced)
     print(f"{result.text}\nattention picture: {output}")
     return 0

@@ -52,6 +52,9 @@ class DecodeSettings:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.beam_size < 1 or self.num_captions < 1 or self.max_length < 1:
             raise ValueError("beam_size, num_captions and max_length must be at least 1")
+        if self.strategy == "greedy" and self.num_captions > 1:
+            raise ValueError(f"greedy decoding writes one caption per image, not {self.num_captions}; for several, "
+                             "use beam search (num_captions up to beam_size) or sampling")
         if self.strategy == "beam" and self.num_captions > self.beam_size:
             raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
