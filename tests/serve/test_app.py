@@ -151,6 +151,10 @@ def test_missing_field_and_bad_options(client) -> None:
     response = client.post("/api/caption", files={"file": ("p.png", png_bytes(), "image/png")}, data={"beam_size": "x"})
     assert response.status_code == 422 and "error" in response.json()
     assert client.post("/api/caption?strategy=psychic", files={"file": ("p.png", png_bytes(), "image/png")}).status_code == 422
+    for options, message in (({"num_captions": "50", "beam_size": "20"}, "num_captions at most 10"),
+                             ({"strategy": "greedy", "num_captions": "3"}, "greedy decoding writes one caption")):
+        refused = client.post("/api/caption", files={"file": ("p.png", png_bytes(), "image/png")}, data=options)
+        assert refused.status_code == 422 and message in refused.json()["error"], refused.json()
 
 
 def test_no_file_system_access_from_requests(client) -> None:

@@ -160,10 +160,10 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                 return error(422, f"flip_average: {mirrored!r} is not one of {', '.join(TRUTH)}")
             options["flip_average"] = TRUTH[mirrored.lower()]
         options.setdefault("beam_size", 3)
-        options["num_captions"] = min(options.get("num_captions", options["beam_size"]
-                                                  if options["strategy"] == "beam" else 1), 10)
-        if options["beam_size"] > 20 or options.get("max_length", 30) > 60:
-            return error(422, "beam_size is at most 20 and max_length at most 60")
+        if "num_captions" not in options:  # by default every beam, up to 10
+            options["num_captions"] = min(options["beam_size"], 10) if options["strategy"] == "beam" else 1
+        if options["beam_size"] > 20 or options["num_captions"] > 10 or options.get("max_length", 30) > 60:
+            return error(422, "beam_size is at most 20, num_captions at most 10 and max_length at most 60")
         try:
             settings = DecodeSettings(**options)
         except (ValueError, TypeError) as problem:
