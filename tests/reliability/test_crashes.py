@@ -83,8 +83,11 @@ def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path,
         finish = subprocess.run(train_arguments(data, cache, tmp_path / f"resumed_{point}",
                                                 *(["--resume", str(resume)] if resume else [])),
                                 capture_output=True, text=True)
-        assert finish.returncode == 0, finish.stderr
-        final = newest_checkpoint(tmp_path / f"resumed_{point}") or resume  # killed after its last epoch: done
+        if resume is not None and resume.name == "model_epoch_3.pt":  # killed after its last epoch: done
+            assert finish.returncode == 2 and "nothing is left to train" in finish.stderr, finish.stderr
+        else:
+            assert finish.returncode == 0, finish.stderr
+        final = newest_checkpoint(tmp_path / f"resumed_{point}") or resume
         assert final.name == "model_epoch_3.pt"
         weights = load_checkpoint(final)["model"]
         for name, value in expected.items():
