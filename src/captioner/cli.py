@@ -111,8 +111,8 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     flag(group, "--cache_dir", type=Path, help="feature cache folder (default: one per dataset and settings "
                                                "under ~/.cache/captioner/features or $CAPTIONER_CACHE)")
     flag(group, "--augment_flip", action="store_true", help="also cache features of horizontally flipped images")
-    flag(group, "--num_workers", type=at_least(0), help="image-decoding worker processes (default: 0 on a CPU with "
-                                                "2 cores, where inline decoding is faster; more with CUDA)")
+    flag(group, "--num_workers", type=at_least(0), help="image-decoding worker processes (default: 0 on a CPU "
+                                                        "with 2 cores, where inline decoding is faster; more with CUDA)")
     flag(group, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
 
 
@@ -143,7 +143,8 @@ def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
     extract = subcommands.add_parser("extract", help="run the encoder once per image and cache its features")
     add_dataset_args(extract)
     add_encoder_args(extract)
-    flag(extract, "--batch_size", type=at_least(1), help="images per encoder batch (default 16 on CPU, 128 on CUDA)")
+    flag(extract, "--batch_size", type=at_least(1),
+         help="images per encoder batch (default 16 on CPU, 128 on CUDA)")
     extract.set_defaults(run=run_extract)
 
 
@@ -349,8 +350,8 @@ def add_caption_command(subcommands: argparse._SubParsersAction) -> argparse.Arg
          help="fill the missing alt attributes of this HTML page's local <img>s (writes PAGE.alt.html, or --output)")
     flag(caption, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     flag(caption, "--encoder_weights", type=Path, help="local weights file of a torchvision encoder")
-    flag(caption, "--batch_size", type=at_least(1), help="images decoded together (default 64; the encoder runs them "
-         "16 at a time on a CPU, 64 on CUDA)")
+    flag(caption, "--batch_size", type=at_least(1),
+         help="images decoded together (default 64; the encoder runs them 16 at a time on a CPU, 64 on CUDA)")
     add_decoding_args(caption)
     caption.set_defaults(run=run_caption)
     return caption
@@ -373,24 +374,23 @@ def run_caption(args: argparse.Namespace) -> int:
 
     from captioner.api import Captioner, expand_inputs
     from captioner.data.records import IMAGE_EXTENSIONS
-
     from captioner.io import check_writable
 
     settings = decode_settings(args)
     for destination in (args.output, args.html):
         if destination is not None:
             check_writable(destination)  # before the captioning, whose results would be lost
-    if args.alt_text_into is None and not args.images:
+    if args.alt_text_into is not None:
+        if args.images:
+            raise CaptionerError("--alt-text-into captions the images its page shows; leave out the images named "
+                                 f"({' '.join(args.images)}), or caption them in a command of their own")
+        return _fill_alt_text(args, Captioner.load(args.model_path, args.device, args.encoder_weights), settings)
+    if not args.images:
         raise CaptionerError("name the images to caption (files, folders or globs), or pass --alt-text-into PAGE")
-    if args.alt_text_into is not None and args.images:
-        raise CaptionerError("--alt-text-into captions the images its page shows; leave out the images named "
-                             f"({' '.join(args.images)}), or caption them in a command of their own")
-    items = [] if args.alt_text_into is not None else list(expand_inputs(expand_image_arguments(args.images)))
-    if args.alt_text_into is None and not items:
+    items = list(expand_inputs(expand_image_arguments(args.images)))
+    if not items:
         raise CaptionerError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(args.images)}")
     captioner = Captioner.load(args.model_path, args.device, args.encoder_weights)
-    if args.alt_text_into is not None:
-        return _fill_alt_text(args, captioner, settings)
     results = []
     with tqdm(total=len(items), unit="img", desc="captioning", disable=None if len(items) > 1 else True) as bar:
         for batch in captioner.caption_batches([source for _, source in items], settings, args.batch_size):
@@ -487,9 +487,8 @@ def add_visualize_command(subcommands: argparse._SubParsersAction) -> None:
 def run_visualize(args: argparse.Namespace) -> int:
     from captioner.api import Captioner
     from captioner.images import BadImageError, open_rgb
-    from captioner.visualize import save_picture, trace_caption
-
     from captioner.io import check_writable
+    from captioner.visualize import save_picture, trace_caption
 
     settings = decode_settings(args)
     if settings.flip_average:
@@ -534,7 +533,6 @@ def add_export_command(subcommands: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from captioner.api import Captioner
     from captioner.export import export_bundle
-
     from captioner.io import check_writable
 
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
