@@ -23,6 +23,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     try:
         _make_folder(path)
         handle = _temporary_beside(path)
+        _keep_mode(path, handle.name)
         with handle:
             yield handle
             handle.flush()
@@ -62,22 +63,17 @@ def _make_folder(path: Path) -> None:
 
 def _temporary_beside(path: Path) -> BinaryIO:
     """A new file in path's folder, created as open() creates files (mode 0666 less the umask; tempfile's are
-    0600), then given the mode of the file at `path` when there is one."""
+    0600)."""
     for _ in range(100):
-        try:
-            handle = open(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp", "xb")  # noqa: SIM115
-        except FileExistsError:
-            continue
-        try:
-            os.chmod(handle.name, stat.S_IMODE(path.stat().st_mode))
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-        return handle
+        with contextlib.suppress(FileExistsError):
+            return open(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp", "xb")  # noqa: SIM115
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _keep_mode(path: Path, temporary: str) -> None:
+    """The replacement gets the mode of the file it replaces, if there is one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
 
 
 def _sync_folder(folder: Path) -> None:
