@@ -32,6 +32,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         _sync_folder(path.parent)
     except BaseException as error:
         if handle is not None:
+            handle.close()  # a no-op when `with handle` closed it
             with contextlib.suppress(OSError):
                 os.unlink(handle.name)
         if isinstance(error, OSError):
