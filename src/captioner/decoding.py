@@ -8,6 +8,7 @@ its matmuls run several times faster than in fp32. Logits are turned into log-pr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,10 @@ from captioner.devices import autocast
 from captioner.ensemble import Averaged
 
 STRATEGIES = ("greedy", "beam", "sample")
+
+
+# below it, logits / temperature overflow float32 and sampling fails; at it, sampling is all but greedy
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass
@@ -57,8 +62,10 @@ class DecodeSettings:
                              "use beam search (num_captions up to beam_size) or sampling")
         if self.strategy == "beam" and self.num_captions > self.beam_size:
             raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        if not math.isfinite(self.temperature) or not math.isfinite(self.length_penalty):
+            raise ValueError("temperature and length_penalty must be finite numbers")
+        if self.temperature < MIN_TEMPERATURE or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE}, top_p in (0, 1], top_k >= 0")
         if self.length_penalty < 0 or self.no_repeat_ngram < 0:
             raise ValueError("length_penalty and no_repeat_ngram must be >= 0")
 

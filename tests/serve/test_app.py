@@ -152,7 +152,10 @@ def test_missing_field_and_bad_options(client) -> None:
     assert response.status_code == 422 and "error" in response.json()
     assert client.post("/api/caption?strategy=psychic", files={"file": ("p.png", png_bytes(), "image/png")}).status_code == 422
     for options, message in (({"num_captions": "50", "beam_size": "20"}, "num_captions at most 10"),
-                             ({"strategy": "greedy", "num_captions": "3"}, "greedy decoding writes one caption")):
+                             ({"strategy": "greedy", "num_captions": "3"}, "greedy decoding writes one caption"),
+                             ({"strategy": "sample", "temperature": "nan"}, "must be finite"),
+                             ({"length_penalty": "inf"}, "must be finite"),
+                             ({"strategy": "sample", "temperature": "1e-45"}, "temperature must be >= 0.01")):
         refused = client.post("/api/caption", files={"file": ("p.png", png_bytes(), "image/png")}, data=options)
         assert refused.status_code == 422 and message in refused.json()["error"], refused.json()
 
@@ -174,6 +177,10 @@ def test_review_rate_reload_and_export(client, evaluation: Path, capsys) -> None
     answer = client.post("/api/review/rate", json={"image_id": first["image_id"], "aspect": "fluency", "score": 4})
     assert answer.status_code == 200 and answer.json()["ratings"] == {"fluency": 4}
     assert client.post("/api/review/rate", json={"image_id": first["image_id"], "aspect": "fluency", "score": 9}).status_code == 422
+    for score in (4.9, True, "4", 1e400):  # 1e400 reaches the server as Infinity
+        refused = client.post("/api/review/rate", content=json.dumps(
+            {"image_id": first["image_id"], "aspect": "fluency", "score": score}), headers={"content-type": "application/json"})
+        assert refused.status_code == 422, score
     assert client.post("/api/review/rate", json={"image_id": "nope.jpg", "aspect": "fluency", "score": 3}).status_code == 404
     assert client.get("/api/review").json()["ratings"][first["image_id"]] == {"fluency": 4}  # kept on reload
 
