@@ -182,3 +182,22 @@ def test_a_cache_with_flipped_rows_serves_plain_requests(tmp_path: Path, monkeyp
     monkeypatch.undo()
     grown = extract(images, tmp_path / "cache")
     assert grown.covers(images) and grown.grid_flip is not None and grown.grid_flip.shape[0] == 4
+
+
+def test_a_second_process_waits_for_the_one_building_the_cache(tmp_path: Path, capsys) -> None:
+    """Two extractions into one folder at once left a broken cache; now the second waits for the first's lock."""
+    import fcntl
+    import threading
+
+    images, cache = photos(tmp_path / "img", 4), tmp_path / "cache"
+    with open(tmp_path / "cache.lock", "a") as held:  # another process building the cache
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result: list[FeatureStore] = []
+        waiting = threading.Thread(target=lambda: result.append(extract(images, cache)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not cache.exists() and not (tmp_path / "cache.partial").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(timeout=60)
+    assert result and result[0].covers(images)
+    assert f"waiting for another process building the feature cache {cache}" in capsys.readouterr().err

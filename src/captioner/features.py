@@ -11,11 +11,14 @@ appears by rename only when complete. Unreadable images are reported by name and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -206,7 +209,36 @@ def extract_features(
                              encoder.grid_shape(size), flip)
     images = [Path(os.path.abspath(path)) for path in images]
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(images, settings)
+    with building_lock(folder):
+        return _reuse_or_build(folder, images, settings, encoder, run_device, flip, batch_size, num_workers, progress)
 
+
+@contextlib.contextmanager
+def building_lock(folder: Path) -> Iterator[None]:
+    """One process at a time reads or builds a cache folder: two builds at once wrote into the same .partial
+    folder and left a broken cache. A second process (another training run on the same data) waits, then
+    finds the cache built. The lock is an empty FOLDER.lock file beside it (none on Windows, which has no flock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building the feature cache {folder}", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _reuse_or_build(folder: Path, images: list[Path], settings: CacheSettings, encoder: Encoder,
+                    run_device: torch.device, flip: bool, batch_size: int | None, num_workers: int | None,
+                    progress: bool) -> FeatureStore:
     existing = None
     manifest = read_manifest(folder)
     if manifest is not None:
