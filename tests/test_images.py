@@ -37,6 +37,19 @@ def test_pil_images_and_bytes_are_accepted(tmp_path: Path) -> None:
         open_rgb(tmp_path / "missing.jpg")
 
 
+def test_a_fifo_a_truncated_pil_image_and_an_empty_one_are_refused_not_hung_or_raised(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it to read would wait forever for a writer
+    with pytest.raises(BadImageError, match="fifo.png: not a regular file"):
+        open_rgb(tmp_path / "fifo.png")
+    lazy = Image.open(write_bad_files(tmp_path)["truncated"])  # PIL decodes it only when asked
+    with pytest.raises(BadImageError, match="cannot be decoded"):
+        open_rgb(lazy, name="upload")
+    with pytest.raises(BadImageError, match="absurd dimensions 0x0"):
+        open_rgb(Image.new("RGB", (0, 0)))
+
+
 def test_reading_in_threads_leaves_the_warning_filters_alone(tmp_path: Path) -> None:
     """The captioner reads a batch's images in threads; warnings.catch_warnings() is not thread safe and
     used to leave an 'error' filter for DecompressionBombWarning behind for the whole process."""

@@ -39,9 +39,14 @@ def open_rgb(source: ImageSource, name: str | None = None, draft_size: int | Non
     photos that will be shrunk to the encoder's input anyway).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "image")
-    if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, (str, Path)) and Path(source).exists() and not Path(source).is_file():
+        # a folder, a FIFO (opening one waits forever for a writer) or a device
+        raise BadImageError(f"{label}: not a regular file", "not_image")
     try:
+        if isinstance(source, Image.Image):  # decoded lazily by PIL: a truncated file fails here, not at open
+            check_dimensions(source.size, label)
+            source.load()
+            return to_rgb(ImageOps.exif_transpose(source))
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         # No warnings.catch_warnings() to turn PIL's DecompressionBombWarning into an error: it is not thread
         # safe (the captioner reads images in threads) and check_dimensions refuses such images first anyway.
