@@ -30,7 +30,8 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
          help="caption format / dataset (default: shapes, the synthetic set drawn on the fly)")
     flag(group, "--data_dir", type=Path, help="dataset folder (for shapes: where to draw it; default a cache folder)")
     flag(group, "--captions_file", type=Path, help="caption file to use instead of the one found in --data_dir")
-    flag(group, "--max_images", type=int, help="use only this many images, the same share of every split")
+    flag(group, "--max_images", type=at_least(1),
+         help="use about this many images: the same share of every split, at least one image of each")
     flag(group, "--subset_fraction", type=float, help="use only this share (0-1] of every split")
     flag(group, "--seed", type=int, default=42, help="seed for subsets, splits and training (default 42)")
     flag(group, "--freq_threshold", type=int, default=5, help="keep words seen at least this often (default 5)")
@@ -61,9 +62,17 @@ def run_data_stats(args: argparse.Namespace) -> int:
 
 def run_data_download(args: argparse.Namespace) -> int:
     from captioner.data.download import download_dataset
-    from captioner.data.formats import default_data_dir
+    from captioner.data.formats import default_data_dir, load_dataset
 
-    folder = download_dataset(args.name, args.data_dir or default_data_dir(args.name), base_url=args.base_url)
+    folder = args.data_dir or default_data_dir(args.name)
+    try:  # laid out by hand, or downloaded before: nothing to fetch
+        dataset = load_dataset(args.name, folder)
+    except CaptionerError:
+        dataset = None
+    if dataset is not None and dataset.records:
+        print(f"{args.name} is already in {folder} ({len(dataset.records)} images); nothing to download")
+        return 0
+    folder = download_dataset(args.name, folder, base_url=args.base_url)
     print(f"{args.name} is ready in {folder}")
     return 0
 

@@ -129,3 +129,12 @@ def test_offline_message(tmp_path: Path) -> None:
         download_dataset("flickr8k", tmp_path, base_url="http://127.0.0.1:9")
     with pytest.raises(CaptionerError, match="cannot be downloaded automatically"):
         download_dataset("flickr30k", tmp_path)
+
+
+def test_a_dataset_already_in_place_is_not_downloaded(tmp_path: Path, capsys) -> None:
+    from captioner.cli import main
+    from tests.data.test_formats import flickr_folder
+
+    folder = flickr_folder(tmp_path / "flickr8k", b"a.jpg#0\tA dog runs .\n", ["a.jpg"], {})
+    assert main(["data", "download", "flickr8k", "--data_dir", str(folder), "--base_url", "http://127.0.0.1:9"]) == 0
+    assert "flickr8k is already in" in capsys.readouterr().out and not (folder / "downloads").exists()
