@@ -21,7 +21,7 @@ from captioner.errors import CaptionerError
 from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
 from captioner.data.vocab import clean_caption
 from captioner.distributed import Processes
-from captioner.train import Trainer, TrainConfig, dev_scores, ignored_options
+from captioner.train import Trainer, TrainConfig, dev_scores, ignored_options, unused_schedule_options
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,15 @@ def test_show_and_tell_decoders_train(shapes: Path, tmp_path: Path, decoder: str
         run / "train.log").read_text()
     assert ignored_options(small(shapes, tmp_path, deep_output=True, num_layers=2)) == ["--num_layers"]
     assert "--alpha_c" in ignored_options(small(shapes, tmp_path, decoder=decoder, alpha_c=0.0))
+    assert "--attention_viz_samples" in ignored_options(small(shapes, tmp_path, decoder=decoder,
+                                                              attention_viz_samples=5))
+
+
+def test_schedule_settings_without_use_scheduler_are_named_as_ignored(shapes: Path, tmp_path: Path) -> None:
+    schedule = ScheduleSettings(scheduler_type="step", scheduler_step_size=2)
+    assert unused_schedule_options(small(shapes, tmp_path, schedule=schedule)) == ["--scheduler_type",
+                                                                                   "--scheduler_step_size"]
+    assert unused_schedule_options(small(shapes, tmp_path, schedule=schedule, use_scheduler=True)) == []
 
 
 def test_same_seed_same_losses(shapes: Path, tmp_path: Path) -> None:

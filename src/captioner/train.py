@@ -176,13 +176,15 @@ def check_options(config: TrainConfig) -> None:
     if config.epochs + config.scst_epochs < 1:
         raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
     if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
-        raise CaptionerError(f"--save_attention_viz needs --decoder attention; the {config.decoder} decoder has no "
+        given = "--save_attention_viz" if config.save_attention_viz else "--advanced_attention_viz"
+        raise CaptionerError(f"{given} needs --decoder attention; the {config.decoder} decoder has no "
                              "attention to draw")
 
 
 # options that only some decoders read
 DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
-                        "alpha_c": ("attention",), "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
+                        "alpha_c": ("attention",), "attention_viz_samples": ("attention",),
+                        "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
 
 
 def ignored_options(config: TrainConfig) -> list[str]:
@@ -191,6 +193,15 @@ def ignored_options(config: TrainConfig) -> list[str]:
     defaults = {option.name: option.default for option in fields(TrainConfig)}
     return [f"--{name}" for name, readers in DECODER_ONLY_OPTIONS.items()
             if config.decoder not in readers and getattr(config, name) != defaults[name]]
+
+
+def unused_schedule_options(config: TrainConfig) -> list[str]:
+    """Schedule settings given without --use_scheduler, which alone switches the schedule on."""
+    if config.use_scheduler:
+        return []
+    defaults = ScheduleSettings()
+    return [f"--{option.name}" for option in fields(ScheduleSettings)
+            if getattr(config.schedule, option.name) != getattr(defaults, option.name)]
 
 
 def stopped_early(checkpoint: dict) -> bool:
@@ -631,6 +642,9 @@ class Trainer:
         ignored = ignored_options(c)
         if ignored:
             self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
+        unused = unused_schedule_options(c)
+        if unused:
+            self.log(f"{', '.join(unused)} are ignored without --use_scheduler: the learning rate stays constant")
         unreadable = self.train_set.missing_images + self.dev_set.missing_images
         if unreadable:
             where = (f"{self.store.folder / 'manifest.json'} under 'skipped'" if self.live is None
