@@ -592,9 +592,21 @@ def run_serve(args: argparse.Namespace) -> int:
 
     app = create_app(Captioner.load(args.model_path, args.device, args.encoder_weights), args.eval_dir,
                      args.max_upload_mb)
-    print(f"captioner: serving on http://{args.host}:{args.port}/ (review: /review)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    listening = listen(args.host, args.port)  # bound here, so the line below names the real port (--port 0)
+    review = " (review: /review)" if args.eval_dir else ""
+    print(f"captioner: serving on http://{args.host}:{listening.getsockname()[1]}/{review}", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
     return 0
+
+
+def listen(host: str, port: int):
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as error:
+        raise CaptionerError(f"cannot serve on {host}:{port}: {error.strerror or error}") from error
 
 
 def run_review_export(args: argparse.Namespace) -> int:

@@ -201,3 +201,23 @@ def test_review_rate_reload_and_export(client, evaluation: Path, capsys) -> None
     assert main(["review", "export", "--eval_dir", str(evaluation)]) == 0
     csv_text = capsys.readouterr().out
     assert csv_text.splitlines()[0] == "image_id,caption,fluency,relevance" and "mean," in csv_text
+
+
+def test_serve_names_the_port_it_got_and_refuses_one_in_use(tiny_checkpoint: Path, capsys) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model_path", str(tiny_checkpoint), "--port", str(port)]) == 2
+        assert f"cannot serve on 127.0.0.1:{port}:" in capsys.readouterr().err
+    server = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--model_path", str(tiny_checkpoint),
+                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+    finally:
+        server.kill()
+        server.wait()
+    assert line.startswith("captioner: serving on http://127.0.0.1:") and ":0/" not in line
+    assert "review" not in line  # no --eval_dir, no review page
