@@ -534,3 +534,21 @@ def test_self_critical_learning_rate_decays_per_epoch_and_a_resume_keeps_it(shap
 def test_a_learning_rate_factor_of_zero_is_refused(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(CaptionerError, match="--scst_lr_decay 0"):
         Trainer(small(shapes, tmp_path, scst_epochs=1, scst_lr_decay=0.0), ["captioner"])
+
+
+def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    trainer = Trainer(small(shapes, tmp_path, epochs=3), ["captioner"])
+    real_epoch, calls = trainer.train_epoch, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):  # Ctrl-C in the middle of the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_epoch", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"{run} keeps epochs up to 1; go on with: captioner train --resume {run / 'model_epoch_1.pt'}" in \
+        capsys.readouterr().err

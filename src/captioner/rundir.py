@@ -50,9 +50,20 @@ class RunFiles:
         save_checkpoint(self.epoch_path(epoch), checkpoint)
         if best:
             save_checkpoint(self.best_path(), checkpoint)
-        epochs = sorted(int(p.stem.rsplit("_", 1)[1]) for p in self.folder.glob("model_epoch_*.pt"))
+        epochs = self._saved_epochs()
         for old in epochs[:-keep] if keep > 0 else []:
             self.epoch_path(old).unlink(missing_ok=True)
+
+    def how_to_resume(self) -> str:
+        """For an interrupted run: what it kept, and the command that goes on from there."""
+        epochs = self._saved_epochs()
+        if not epochs:
+            return f"no epoch of {self.folder} was finished; nothing to resume"
+        return (f"{self.folder} keeps epochs up to {epochs[-1]}; go on with: captioner train --resume "
+                f"{self.epoch_path(epochs[-1])}")
+
+    def _saved_epochs(self) -> list[int]:
+        return sorted(int(p.stem.rsplit("_", 1)[1]) for p in self.folder.glob("model_epoch_*.pt"))
 
     def best_path(self) -> Path:
         return self.folder / "best.pt"

@@ -628,6 +628,10 @@ class Trainer:
         """Train; returns the run directory (None on the processes other than the main one)."""
         try:
             return self._run()
+        except KeyboardInterrupt:
+            if self.files is not None:
+                print(self.files.how_to_resume(), file=sys.stderr)
+            raise
         finally:
             stop_processes()
 
