@@ -19,6 +19,7 @@ from captioner.cli import main
 from captioner.data.shapes import generate_shapes
 from captioner.errors import CaptionerError
 from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
+from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
 from captioner.distributed import Processes
 from captioner.train import Trainer, TrainConfig, dev_scores, ignored_options, unused_schedule_options
@@ -552,3 +553,12 @@ def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, 
     (run,) = (tmp_path / "runs").iterdir()
     assert f"{run} keeps epochs up to 1; go on with: captioner train --resume {run / 'model_epoch_1.pt'}" in \
         capsys.readouterr().err
+
+
+def test_mirroring_captions_that_name_sides_is_warned_about(shapes: Path, tmp_path: Path) -> None:
+    from captioner.train import sided_share
+
+    records = load_dataset("shapes", shapes).split("train")
+    assert sided_share(records) > 0.05  # "... to the left of ..."
+    run = Trainer(small(shapes, tmp_path, epochs=1, augment_flip=True), ["captioner"]).run()
+    assert "of the training captions say 'left' or 'right'" in (run / "train.log").read_text()

@@ -7,6 +7,7 @@ import functools
 import io
 import math
 import random
+import re
 import resource
 import sys
 import time
@@ -193,6 +194,16 @@ def ignored_options(config: TrainConfig) -> list[str]:
     defaults = {option.name: option.default for option in fields(TrainConfig)}
     return [f"--{name}" for name, readers in DECODER_ONLY_OPTIONS.items()
             if config.decoder not in readers and getattr(config, name) != defaults[name]]
+
+
+SIDED_WARNING_SHARE = 0.05  # Flickr8k: 0.4% of the captions; the synthetic shapes: about 10%
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def sided_share(records: list) -> float:
+    """The share of captions naming a side, which a mirrored image turns into a wrong description."""
+    captions = [text for record in records for text in record.captions]
+    return sum(bool(_SIDES.search(text)) for text in captions) / max(len(captions), 1)
 
 
 def unused_schedule_options(config: TrainConfig) -> list[str]:
@@ -643,6 +654,10 @@ class Trainer:
         self.log(f"train {len(self.train_set)} captions / dev {len(self.dev_set)} captions; vocabulary "
                  f"{len(self.vocab)}; features {self.store.grid_shape} from {self.store.folder}"
                  + (f"; {self.processes.world_size} processes" if self.processes.distributed else ""))
+        sided = sided_share(self.dataset.split("train")) if c.augment_flip or c.augment else 0.0
+        if sided > SIDED_WARNING_SHARE:
+            self.log(f"warning: {sided:.0%} of the training captions say 'left' or 'right', and mirrored images "
+                     "(--augment_flip / --augment) make those words wrong half the time; consider leaving it out")
         ignored = ignored_options(c)
         if ignored:
             self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
