@@ -278,7 +278,8 @@ def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True)
     flag(group, "--top_k", type=int, default=0, help="sample: only the K most likely words (0: all)")
     flag(group, "--top_p", type=float, default=1.0, help="sample: nucleus probability mass")
     flag(group, "--num_captions", type=int, default=1, help="captions per image (best beams, or distinct samples)")
-    flag(group, "--sample_seed", type=int, help="sample: seed for repeatable captions")
+    flag(group, "--sample_seed", type=int,
+         help="sample: seed for repeatable captions (the same images in the same order and batches)")
     flag(group, "--flip_average", action=argparse.BooleanOptionalAction, default=False,
          help="average each word's probability over the image and its mirror image (twice the decoding work; "
               "evaluate reads the mirrored features from the cache; not for visualize)")
