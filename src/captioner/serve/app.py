@@ -46,7 +46,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        too_large = error(413, f"the upload is over the {self.max_bytes // 2**20} MB limit")
+        too_large = error(413, f"the upload is over the {self.max_bytes / 2**20:.3g} MB limit")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await too_large(scope, receive, send)
         seen, started, exceeded = 0, False, False
