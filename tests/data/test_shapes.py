@@ -54,3 +54,15 @@ def test_relations_follow_positions() -> None:
     red_rows = np.where((np.abs(image - COLORS["red"]).sum(2) == 0).any(1))[0]
     blue_rows = np.where((np.abs(image - COLORS["blue"]).sum(2) == 0).any(1))[0]
     assert red_rows.mean() < blue_rows.mean()
+
+
+def test_the_drawn_folder_has_a_plain_folders_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        folder = generate_shapes(tmp_path / "shapes", num_images=10)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # not mkdtemp's 0700

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,8 @@ def generate_shapes(folder: Path, num_images: int = DEFAULT_NUM_IMAGES, seed: in
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         (staging / "Images").mkdir()
+        # mkdtemp's folder is 0700; the dataset gets a plain mkdir's mode (the umask's), as its Images/ has
+        os.chmod(staging, stat.S_IMODE((staging / "Images").stat().st_mode))
         rng = random.Random(seed)
         entries = []
         held_out = max(1, num_images // 10)
