@@ -120,8 +120,10 @@ def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tm
     assert [e["train_loss"] for e in history(resumed)] == [e["train_loss"] for e in history(run)]
     assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--epochs", "3", "--output_dir", str(out)]) == 0
     assert max(e["epoch"] for e in history(max(out.iterdir(), key=lambda p: p.stat().st_mtime))) == 3
-    # the run's last epoch: nothing is left, and no run folder is made
+    # the run's last epoch: nothing is left, and no run folder is made; a kill's leftover is still cleaned
+    (run / ".loss_curve.json.0123abcd.tmp").write_text("{half")
     assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--output_dir", str(out)]) == 2
+    assert not list(run.glob(".*.tmp"))
     assert "is of epoch 2, and --epochs 2 end there: nothing is left to train" in capsys.readouterr().err
     assert len(list(out.iterdir())) == 2
 

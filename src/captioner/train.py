@@ -264,8 +264,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, command: list[str] | None = None) -> None:
         check_options(config)  # before minutes of feature extraction, not after
         self.parent = load_checkpoint(config.resume) if config.resume else None
-        if self.parent is not None:
-            check_not_finished(config, self.parent)  # before the data and features, too
         self.config = config
         self.command = command or sys.argv
         self.processes, device = start_processes(config.device)
@@ -273,6 +271,8 @@ class Trainer:
         keep_freed_memory()
         if self.parent is not None and self.processes.is_main:
             remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
+        if self.parent is not None:
+            check_not_finished(config, self.parent)  # before the data and features, too
         self.dataset = self._load_data()
         self.vocab = self._vocabulary()
         if not self.processes.is_main:
