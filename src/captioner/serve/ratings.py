@@ -33,8 +33,8 @@ class RatingStore:
         """Set (or with score None, clear) one rating."""
         if aspect not in ASPECTS:
             raise ValueError(f"aspect must be one of {', '.join(ASPECTS)}")
-        if score is not None and not 1 <= score <= 5:
-            raise ValueError("a rating is from 1 to 5")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5):
+            raise ValueError(f"a rating is a whole number from 1 to 5, not {score!r}")
         connection = self._connect()
         try:
             with connection:  # one transaction: committed whole or not at all
