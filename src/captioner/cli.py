@@ -120,8 +120,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     flag(group, "--cache_dir", type=Path, help="feature cache folder (default: one per dataset and settings "
                                                "under ~/.cache/captioner/features or $CAPTIONER_CACHE)")
     flag(group, "--augment_flip", action="store_true", help="also cache features of horizontally flipped images")
-    flag(group, "--num_workers", type=at_least(0), help="image-decoding worker processes (default: 0 on a CPU "
-                                                        "with 2 cores, where inline decoding is faster; more with CUDA)")
+    flag(group, "--num_workers", type=at_least(0),
+         help="image-decoding worker processes (default: 0 on a CPU with 2 cores, where inline decoding is faster; "
+              "more with CUDA)")
     flag(group, "--device", help="cpu, cuda or cuda:N (default: cuda when present)")
 
 
