@@ -20,9 +20,9 @@ import torch
 
 from captioner.api import Captioner
 from captioner.data.formats import load_dataset
-from captioner.decoding import DecodeSettings, decode
+from captioner.decoding.strategies import DecodeSettings, decode
 from captioner.devices import autocast
-from captioner.evaluate import FeatureLookup
+from captioner.evaluation.evaluate import FeatureLookup
 
 
 def bare_encoder(captioner: Captioner, batch_size: int, batches: int) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.train import Trainer, TrainConfig, peak_memory_mb
+from captioner.training.trainer import Trainer, TrainConfig, peak_memory_mb
 
 
 def measure(config: TrainConfig, batches: int, warmup: int = 3) -> tuple[float, float]:

@@ -30,7 +30,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model. Like a
     preset's model it carries a recommended decoding, TINY_DECODING."""
     from captioner.data.shapes import generate_shapes
-    from captioner.train import Trainer, TrainConfig
+    from captioner.training.trainer import Trainer, TrainConfig
 
     root = tmp_path_factory.mktemp("trained")
     data = generate_shapes(root / "shapes", num_images=80, seed=5)

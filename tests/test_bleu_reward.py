@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from captioner.bleu_reward import SentenceBleu
+from captioner.training.bleu_reward import SentenceBleu
 
 REFERENCES = {
     "a": [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"], ["the", "dog", "runs"]],

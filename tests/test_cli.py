@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.cli import main
+from captioner.cli.command import main
 from tests.conftest import TINY_DECODING, write_image
 
 
@@ -36,8 +36,8 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> None:
-    from captioner import cli
-    from captioner.presets import DECODING, PRESETS
+    from captioner.cli import command as cli
+    from captioner.training.presets import DECODING, PRESETS
 
     seen = {}
     monkeypatch.setattr(cli, "run_train", lambda args: seen.update(vars(args)) or 0)
@@ -51,9 +51,9 @@ def test_every_preset_recommends_a_decoding_that_caption_and_evaluate_and_the_ap
     import inspect
 
     from captioner.api import Captioner
-    from captioner.cli import build_parser
-    from captioner.decoding import DecodeSettings
-    from captioner.presets import DECODING, PRESETS, RECOMMENDABLE
+    from captioner.cli.command import build_parser
+    from captioner.decoding.strategies import DecodeSettings
+    from captioner.training.presets import DECODING, PRESETS, RECOMMENDABLE
 
     parsers = build_parser().subcommand_parsers
     for command in ("caption", "evaluate"):
@@ -74,7 +74,7 @@ def with_decoding(checkpoint: Path, target: Path, decoding: dict | None, preset:
 
 def test_a_recommendation_becomes_defaults_that_explicit_flags_override(monkeypatch, tiny_checkpoint: Path,
                                                                         tmp_path: Path) -> None:
-    from captioner import cli
+    from captioner.cli import command as cli
 
     mirrored = with_decoding(tiny_checkpoint, tmp_path / "mirrored.pt", {**TINY_DECODING, "flip_average": True})
     seen = {}
@@ -88,8 +88,8 @@ def test_a_recommendation_becomes_defaults_that_explicit_flags_override(monkeypa
 
 def test_recommendations_of_older_preset_models_and_unknown_options(tiny_checkpoint: Path, tmp_path: Path,
                                                                    capsys) -> None:
-    from captioner.presets import DECODING
-    from captioner.trained import recommended_decoding
+    from captioner.training.presets import DECODING
+    from captioner.models.loading import recommended_decoding
 
     # trained from the preset before presets stored their decoding: the preset's own
     older = with_decoding(tiny_checkpoint, tmp_path / "older.pt", None, preset="flickr8k_best")

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from captioner.cli import main
+from captioner.cli.command import main
 
 
 def shapes_images(checkpoint: Path, count: int) -> list[Path]:

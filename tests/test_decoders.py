@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.decoders import DecoderConfig, build_decoder
+from captioner.models.decoders import DecoderConfig, build_decoder
 
 
 def config(decoder: str, **options) -> DecoderConfig:
@@ -103,7 +103,7 @@ def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.Mon
     must give what the whole batch at once (the training path) gives, to float32 rounding: bit for bit on an
     Intel Xeon, within a few 1e-8 on an AMD EPYC, where the matrix-vector kernels sum in another order for
     other shapes."""
-    from captioner import decoders
+    from captioner.models import decoders
 
     torch.manual_seed(0)
     model = build_decoder(config("attention", deep_output=True)).eval()

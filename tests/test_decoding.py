@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import DecoderConfig, build_decoder
-from captioner.decoding import DecodeSettings, beam_search, decode, greedy, sample, word_log_probs
+from captioner.models.decoders import DecoderConfig, build_decoder
+from captioner.decoding.strategies import DecodeSettings, beam_search, decode, greedy, sample, word_log_probs
 
 VOCAB = Vocabulary.build([["a", "b", "c", "d", "e", "f"]] * 2, freq_threshold=1)
 
@@ -171,7 +171,7 @@ def test_greedy_of_a_batch_equals_one_image_at_a_time() -> None:
 
 
 def test_flip_average_decodes_with_both_views_and_checks_them() -> None:
-    from captioner.ensemble import Averaged
+    from captioner.models.ensemble import Averaged
 
     net = model("attention")
     plain, mirrored = features(net, batch=4, seed=1), features(net, batch=4, seed=2)

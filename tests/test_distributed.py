@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import captioner.distributed as distributed
-from captioner.checkpoint import load_checkpoint
+import captioner.training.distributed as distributed
+from captioner.models.checkpoint import load_checkpoint
 from captioner.data.shapes import generate_shapes
-from captioner.distributed import Processes, collective_device
+from captioner.training.distributed import Processes, collective_device
 
 
 def train_command(data: Path, tmp_path: Path, output: str) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.encoders import ENCODERS, create_encoder, get_spec
+from captioner.features.encoders import ENCODERS, create_encoder, get_spec
 from captioner.errors import CaptionerError
 
 skimage_data = pytest.importorskip("skimage.data")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.decoding import beam_search, greedy
-from captioner.ensemble import Averaged
+from captioner.decoding.strategies import beam_search, greedy
+from captioner.models.ensemble import Averaged
 from tests.test_decoding import VOCAB, features, model
 
 

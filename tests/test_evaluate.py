@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.cli import main
-from captioner.metrics import METRIC_NAMES, java_available
+from captioner.cli.command import main
+from captioner.evaluation.metrics import METRIC_NAMES, java_available
 
 
 def test_evaluate_writes_the_folder_and_the_scores_can_be_recomputed(tiny_checkpoint: Path, capsys) -> None:
@@ -75,10 +75,10 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path: Path, capsys) -> None:
 def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     """--flip_average: the decoder averaged over the cached plain and mirrored features of each image; a cache
     without mirrored features is a clear error, not a silent plain evaluation."""
-    from captioner.decoding import DecodeSettings, decode
-    from captioner.ensemble import Averaged
-    from captioner.evaluate import FeatureLookup, split_records
-    from captioner.trained import load_trained
+    from captioner.decoding.strategies import DecodeSettings, decode
+    from captioner.models.ensemble import Averaged
+    from captioner.evaluation.evaluate import FeatureLookup, split_records
+    from captioner.models.loading import load_trained
 
     cache = tmp_path / "mirrored_cache"
     assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "6",
@@ -105,8 +105,8 @@ def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: 
 
 
 def test_evaluation_folders_are_named_from_every_decoding_setting(tmp_path: Path) -> None:
-    from captioner.decoding import DecodeSettings
-    from captioner.evaluate import default_output_dir
+    from captioner.decoding.strategies import DecodeSettings
+    from captioner.evaluation.evaluate import default_output_dir
 
     checkpoint = tmp_path / "best.pt"
     names = {default_output_dir(checkpoint, "dev", settings).name: settings for settings in [

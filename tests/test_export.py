@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from captioner import Captioner
-from captioner.cli import main
+from captioner.cli.command import main
 
 
 def images(checkpoint: Path, count: int = 12) -> list[Path]:

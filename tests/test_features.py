@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import captioner.features as features
+import captioner.features.cache as features
 from captioner.errors import CaptionerError
-from captioner.features import FeatureStore, extract_features
+from captioner.features.cache import FeatureStore, extract_features
 from tests.bad_images import write_bad_files, write_good_variants
 from tests.conftest import write_image
 
@@ -129,7 +129,7 @@ def test_flip_features_are_the_features_of_the_mirrored_image(tmp_path: Path) ->
 
 
 def test_cli_extract_reports_skipped_files(tmp_path: Path, capsys) -> None:
-    from captioner.cli import main
+    from captioner.cli.command import main
 
     for name in ("a.png", "b.png"):
         write_image(tmp_path / "data" / "Images" / name)

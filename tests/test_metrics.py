@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from captioner.metrics import java_available, score_captions, simple_tokenize, word_error_rate
+from captioner.evaluation.metrics import java_available, score_captions, simple_tokenize, word_error_rate
 
 REFERENCES = {
     "1.jpg": ["A dog runs across the grass.", "A brown dog is running on a lawn", "The dog's running outside!"],

@@ -6,10 +6,10 @@ import io
 import pytest
 import torch
 
-from captioner.cider_reward import CiderD
+from captioner.training.cider_reward import CiderD
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import DecoderConfig, build_decoder
-from captioner.self_critical import SelfCritical, draw
+from captioner.models.decoders import DecoderConfig, build_decoder
+from captioner.training.self_critical import SelfCritical, draw
 
 REFERENCES = {
     "a": [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"], ["the", "dog", "runs"]],
@@ -45,7 +45,7 @@ def test_the_loss_favours_samples_that_beat_their_siblings() -> None:
 
 
 def test_a_bleu_weight_adds_the_weighted_bleu_4_to_the_reward() -> None:
-    from captioner.bleu_reward import SentenceBleu
+    from captioner.training.bleu_reward import SentenceBleu
 
     vocab = Vocabulary.build([w for refs in REFERENCES.values() for w in refs], freq_threshold=1)
     rows = {0: REFERENCES["a"], 1: REFERENCES["b"]}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from captioner.shared_linear import SharedWeight
+from captioner.models.shared_linear import SharedWeight
 
 
 def test_gradients_equal_those_of_a_plain_linear_used_at_every_step() -> None:

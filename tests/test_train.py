@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import captioner.train as train_module
-from captioner.checkpoint import load_checkpoint, save_checkpoint
-from captioner.cli import main
+import captioner.training.trainer as train_module
+from captioner.models.checkpoint import load_checkpoint, save_checkpoint
+from captioner.cli.command import main
 from captioner.data.shapes import generate_shapes
 from captioner.errors import CaptionerError
-from captioner.schedulers import SCHEDULER_TYPES, ScheduleSettings
+from captioner.training.schedulers import SCHEDULER_TYPES, ScheduleSettings
 from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
-from captioner.distributed import Processes
-from captioner.train import Trainer, TrainConfig, dev_scores, ignored_options, unused_schedule_options
+from captioner.training.distributed import Processes
+from captioner.training.trainer import Trainer, TrainConfig, dev_scores, ignored_options, unused_schedule_options
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_a_continued_run_keeps_the_decoding_its_preset_recommended(shapes: Path,
 
 def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    from captioner.cli import main
+    from captioner.cli.command import main
 
     run = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, keep_checkpoints=3), ["captioner"]).run()
     out = tmp_path / "resumed"
@@ -254,7 +254,7 @@ def test_training_on_images_instead_of_the_cache(shapes: Path, tmp_path: Path, o
     checkpoint = load_checkpoint(run / "best.pt")
     encoder_state = checkpoint["encoder_state"]
     if options.get("fine_tune_encoder"):
-        from captioner.encoders import create_encoder
+        from captioner.features.encoders import create_encoder
 
         original = create_encoder("tiny_random").state_dict()
         assert any(not torch.equal(encoder_state[name], original[name]) for name in original)  # the encoder learned
@@ -558,7 +558,7 @@ def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, 
 
 
 def test_mirroring_captions_that_name_sides_is_warned_about(shapes: Path, tmp_path: Path) -> None:
-    from captioner.train import sided_share
+    from captioner.training.trainer import sided_share
 
     records = load_dataset("shapes", shapes).split("train")
     assert sided_share(records) > 0.05  # "... to the left of ..."

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.cli import main
+from captioner.cli.command import main
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import DecoderConfig, build_decoder
+from captioner.models.decoders import DecoderConfig, build_decoder
 from captioner.visualize import heatmap, trace_caption
 
 
@@ -28,7 +28,7 @@ def test_basic_and_advanced_pictures(tiny_checkpoint: Path, tmp_path: Path, caps
 
 
 def test_models_without_attention_are_a_clear_error(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    from captioner.checkpoint import load_checkpoint, save_checkpoint
+    from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     config = DecoderConfig(**{**checkpoint["model_config"], "decoder": "lstm"})

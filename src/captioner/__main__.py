@@ -1,5 +1,5 @@
 """`python -m captioner` is the same as the `captioner` command (and what torchrun launches)."""
 
-from captioner.cli import main
+from captioner.cli.command import main
 
 raise SystemExit(main())

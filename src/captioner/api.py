@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 from captioner.data.records import IMAGE_EXTENSIONS
-from captioner.decoding import DecodeSettings, Decoded, decode
+from captioner.decoding.strategies import DecodeSettings, Decoded, decode
 from captioner.devices import keep_freed_memory
-from captioner.encoders import Encoder, create_encoder
+from captioner.features.encoders import Encoder, create_encoder
 from captioner.errors import CaptionerError
-from captioner.features import encode_pixels
+from captioner.features.cache import encode_pixels
 from captioner.images import BadImageError, open_rgb
-from captioner.trained import TrainedModel, load_trained
+from captioner.models.loading import TrainedModel, load_trained
 
 ImageInput = str | Path | Image.Image
 
@@ -80,7 +80,7 @@ class Captioner:
     def load(cls, path: str | Path, device: str | None = None, encoder_weights: str | Path | None = None) -> Captioner:
         """A checkpoint (`best.pt`, `model_epoch_N.pt`) or a folder written by `captioner export`; `device`
         defaults to CUDA when present."""
-        from captioner.export import is_bundle, load_bundle
+        from captioner.models.bundle import is_bundle, load_bundle
 
         if is_bundle(Path(path)):
             return cls(*load_bundle(Path(path), device))

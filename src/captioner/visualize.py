@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from captioner.decoders import Decoder
-from captioner.decoding import word_log_probs
+from captioner.models.decoders import Decoder
+from captioner.decoding.strategies import word_log_probs
 from captioner.data.vocab import Vocabulary
 from captioner.io import atomic_write_bytes
 

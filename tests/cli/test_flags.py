@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from captioner.cli import build_parser
+from captioner.cli.command import build_parser
 from tests.cli.flagset import flag_set
 
 RECORDED = Path(__file__).with_name("flags.json")

@@ -116,7 +116,7 @@ def test_not_a_zip_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_offline_fails_fast_saying_what_to_put_where(tmp_path: Path) -> None:
-    from captioner.cli import main
+    from captioner.cli.command import main
 
     closed_port = "http://127.0.0.1:9"
     assert main(["data", "download", "flickr8k", "--data_dir", str(tmp_path), "--base_url", closed_port]) == 2
@@ -132,7 +132,7 @@ def test_offline_message(tmp_path: Path) -> None:
 
 
 def test_a_dataset_already_in_place_is_not_downloaded(tmp_path: Path, capsys) -> None:
-    from captioner.cli import main
+    from captioner.cli.command import main
     from tests.data.test_formats import flickr_folder
 
     folder = flickr_folder(tmp_path / "flickr8k", b"a.jpg#0\tA dog runs .\n", ["a.jpg"], {})

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.checkpoint import load_checkpoint, save_checkpoint
-from captioner.cli import main
+from captioner.models.checkpoint import load_checkpoint, save_checkpoint
+from captioner.cli.command import main
 
 
 def damaged_checkpoints(good: Path, folder: Path) -> dict[str, Path]:
@@ -66,7 +66,7 @@ def test_damaged_checkpoints_are_one_clear_error(command: str, tiny_checkpoint: 
 ])
 def test_a_checkpoint_from_another_setup_cannot_be_resumed(change: dict, message: str, tiny_checkpoint: Path,
                                                            tmp_path: Path, capsys) -> None:
-    from captioner.decoders import DecoderConfig, build_decoder
+    from captioner.models.decoders import DecoderConfig, build_decoder
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     if change.get("vocab") == "zebra":

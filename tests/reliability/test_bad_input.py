@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.cli import main
+from captioner.cli.command import main
 from tests.bad_images import write_bad_files, write_good_variants
 
 WORDS = ["red", "blue", "green", "circle", "square", "dog", "grass", "runs", "sits", "big"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.checkpoint import load_checkpoint
+from captioner.models.checkpoint import load_checkpoint
 from captioner.data.shapes import generate_shapes
 
 KILL_POINTS = 10
@@ -107,7 +107,7 @@ def test_killed_while_writing_a_checkpoint(data: Path, tmp_path: Path) -> None:
             "        open(sys.argv[-1] + '.writing', 'w').close(); time.sleep(30)\n"
             "    real(a, b)\n"
             "io.os.replace = replace\n"
-            "from captioner.cli import main\n"
+            "from captioner.cli.command import main\n"
             "sys.exit(main(sys.argv[1:-1]))\n")
     output = tmp_path / "killed"
     marker = tmp_path / "marker"

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from captioner.api import Captioner  # noqa: E402
-from captioner.cli import main  # noqa: E402
+from captioner.cli.command import main  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 from tests.conftest import TINY_DECODING  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.cli import main
+from captioner.cli.command import main
 from captioner.serve.background import running_server
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

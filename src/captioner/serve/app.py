@@ -18,11 +18,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from captioner.api import Captioner
-from captioner.decoding import DecodeSettings
+from captioner.decoding.strategies import DecodeSettings
 from captioner.images import BadImageError, open_rgb
 from captioner.serve.batcher import CaptionBatcher
-from captioner.serve.ratings import ASPECTS, RatingStore, summary
-from captioner.serve.review import Evaluation
+from captioner.evaluation.ratings import ASPECTS, RatingStore, summary
+from captioner.evaluation.folder import Evaluation
 
 STATIC = Path(__file__).parent / "static"
 STATUS_OF_IMAGE_ERROR = {"not_image": 415, "too_large": 400, "undecodable": 400, "missing": 400}

@@ -110,7 +110,7 @@ def at_least(lowest: int):
 
 
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
-    from captioner.encoders import ENCODERS
+    from captioner.features.encoders import ENCODERS
 
     group = parser.add_argument_group("encoder and feature cache")
     flag(group, "--encoder", choices=list(ENCODERS), default="efficientnet_lite0", help="CNN encoder")
@@ -129,7 +129,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
 def run_extract(args: argparse.Namespace) -> int:
     import time
 
-    from captioner.features import extract_features
+    from captioner.features.cache import extract_features
 
     dataset = load_dataset_from_args(args)
     images = [record.image for record in dataset.records]
@@ -162,8 +162,8 @@ def add_extract_command(subcommands: argparse._SubParsersAction) -> None:
 
 
 def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from captioner.decoders import DECODER_TYPES
-    from captioner.schedulers import SCHEDULER_TYPES
+    from captioner.models.decoders import DECODER_TYPES
+    from captioner.training.schedulers import SCHEDULER_TYPES
 
     train = subcommands.add_parser("train", help="train a captioning model (on cached encoder features by default)")
     add_dataset_args(train)
@@ -235,7 +235,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
               "early stopping counts afresh)")
     flag(run, "--mode", choices=("train", "test"), default="train",
          help="test: evaluate --model_path instead (same as `captioner evaluate`)")
-    from captioner.presets import PRESETS
+    from captioner.training.presets import PRESETS
 
     flag(run, "--preset", choices=sorted(PRESETS),
          help="a named recipe (see the README's results table); options given explicitly override it")
@@ -244,8 +244,8 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> argparse.Argum
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from captioner.checkpoint import load_checkpoint
-    from captioner.train import Trainer, TrainConfig, continuation_epochs
+    from captioner.models.checkpoint import load_checkpoint
+    from captioner.training.trainer import Trainer, TrainConfig, continuation_epochs
 
     if args.model_path is not None and args.resume is None:  # N more epochs of the checkpoint's kind
         checkpoint = load_checkpoint(args.model_path)
@@ -262,7 +262,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True) -> None:
-    from captioner.decoding import STRATEGIES
+    from captioner.decoding.strategies import STRATEGIES
 
     group = parser.add_argument_group("decoding")
     if recommended:
@@ -287,7 +287,7 @@ def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True)
 
 
 def decode_settings(args: argparse.Namespace):
-    from captioner.decoding import DecodeSettings
+    from captioner.decoding.strategies import DecodeSettings
 
     try:
         return DecodeSettings(args.strategy, args.beam_size, args.max_length, args.length_penalty,
@@ -324,8 +324,8 @@ def configure_evaluate_parser(evaluate: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from captioner.evaluate import evaluate
-    from captioner.trained import load_trained
+    from captioner.evaluation.evaluate import evaluate
+    from captioner.models.loading import load_trained
 
     if args.num_captions != 1:
         raise CaptionerError("evaluate scores one caption per image; leave out --num_captions")
@@ -543,7 +543,7 @@ def add_export_command(subcommands: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from captioner.api import Captioner
-    from captioner.export import export_bundle
+    from captioner.models.bundle import export_bundle
     from captioner.io import check_writable
 
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
@@ -553,7 +553,7 @@ def run_export(args: argparse.Namespace) -> int:
     captioner = Captioner.load(args.model_path, "cpu", args.encoder_weights)
     export_bundle(captioner.model, captioner.encoder, args.output)
     if args.onnx:
-        from captioner.onnx_export import export_onnx
+        from captioner.models.onnx import export_onnx
 
         export_onnx(captioner, args.output)
     print(f"bundle: {args.output} ({', '.join(sorted(p.name for p in args.output.iterdir()))})")
@@ -612,8 +612,8 @@ def listen(host: str, port: int):
 
 
 def run_review_export(args: argparse.Namespace) -> int:
-    from captioner.serve.ratings import export_ratings
-    from captioner.serve.review import Evaluation
+    from captioner.evaluation.ratings import export_ratings
+    from captioner.evaluation.folder import Evaluation
 
     evaluation = Evaluation.load(args.eval_dir)
     captions = {item["image_id"]: item["caption"] for item in evaluation.items}
@@ -664,7 +664,7 @@ def resumed_defaults(args: argparse.Namespace, flags: Iterable[str]) -> dict[str
     """A resumed (--resume) or continued (--model_path) run's settings, as the train command's defaults: the
     data, model and schedule of the run it goes on from, so that `--resume CKPT` alone trains the same run on;
     flags given explicitly still win."""
-    from captioner.checkpoint import load_checkpoint
+    from captioner.models.checkpoint import load_checkpoint
 
     saved = dict(load_checkpoint(args.resume or args.model_path, mmap=True).get("train_config", {}))
     saved.update(saved.pop("schedule", None) or {})
@@ -702,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         command_parser, parse = parser.subcommand_parsers.get(args.command), lambda: parser.parse_args(argv)
         if getattr(args, "preset", None):
-            from captioner.presets import DECODING, PRESETS
+            from captioner.training.presets import DECODING, PRESETS
 
             args = parse_with_defaults(command_parser, parse, {**PRESETS[args.preset],
                                                                 "decoding": DECODING.get(args.preset)})
@@ -710,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "command", None) == "train" and (args.resume or args.model_path):
             args = parse_with_defaults(command_parser, parse, resumed_defaults(args, vars(args)))
         if getattr(args, "recommended", False):
-            from captioner.trained import recommended_decoding
+            from captioner.models.loading import recommended_decoding
 
             args = parse_with_defaults(command_parser, parse, recommended_decoding(args.model_path))
         return int(args.run(args) or 0)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from captioner.devices import autocast, keep_freed_memory, pick_device
-from captioner.encoders import Encoder, create_encoder, get_spec
+from captioner.features.encoders import Encoder, create_encoder, get_spec
 from captioner.errors import CaptionerError
 from captioner.images import BadImageError, open_rgb
 from captioner.io import atomic_write_text

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from captioner.shared_linear import SharedWeight
+from captioner.models.shared_linear import SharedWeight
 
 DECODER_TYPES = ("lstm", "gru", "attention")
 ENERGY_CHUNK_ELEMENTS = 2**18  # fp32 attention energies computed at once when decoding on a CPU: 1 MB

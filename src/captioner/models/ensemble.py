@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from captioner.decoders import Decoder, State
+from captioner.models.decoders import Decoder, State
 
 
 class Averaged(Decoder):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import load_checkpoint
+from captioner.models.checkpoint import load_checkpoint
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import Decoder, DecoderConfig, build_decoder
+from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.devices import pick_device
 from captioner.errors import CaptionerError, first_line
 
@@ -55,7 +55,7 @@ def load_trained(path: Path | str, device: str | torch.device | None = None) -> 
 def recommended_in(train_config: dict, source: Path) -> dict[str, object]:
     """The decoding a model's training settings recommend: the one its preset stored with it, or, for a model
     trained from a preset before presets stored theirs (session 11), the preset's current one."""
-    from captioner.presets import DECODING, RECOMMENDABLE
+    from captioner.training.presets import DECODING, RECOMMENDABLE
 
     decoding = train_config.get("decoding") or DECODING.get(train_config.get("preset"), {})
     unknown = sorted(set(decoding) - set(RECOMMENDABLE))
@@ -66,7 +66,7 @@ def recommended_in(train_config: dict, source: Path) -> dict[str, object]:
 
 def recommended_decoding(path: Path | str) -> dict[str, object]:
     """The decoding a checkpoint or exported bundle recommends; a clear error when it has none."""
-    from captioner.export import bundle_config, is_bundle
+    from captioner.models.bundle import bundle_config, is_bundle
 
     path = Path(path)  # only the settings are read: the command loads the model itself
     settings = (bundle_config(path).get("trained_on", {}) if is_bundle(path)

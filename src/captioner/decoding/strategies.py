@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import Decoder
+from captioner.models.decoders import Decoder
 from captioner.devices import autocast
-from captioner.ensemble import Averaged
+from captioner.models.ensemble import Averaged
 
 STRATEGIES = ("greedy", "beam", "sample")
 

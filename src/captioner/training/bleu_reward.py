@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-from captioner.cider_reward import N, ngram_counts
+from captioner.training.cider_reward import N, ngram_counts
 
 TINY, SMALL = 1e-15, 1e-9  # coco-caption's: a precision with no match is ~0, never a division by zero
 

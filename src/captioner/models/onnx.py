@@ -1,6 +1,6 @@
 """ONNX files of a trained model, for runtimes without PyTorch: the encoder, the decoder's start (initial
 state from the features) and one decoder step. A caller runs start once and step once per word, choosing
-words as captioner.decoding does.
+words as captioner.decoding.strategies does.
 
     encoder.onnx        pixels (B, 3, S, S) -> features (B, H*W, C)   (round to float16 as the cache does)
     decoder_start.onnx  features -> state.* tensors (names in config.json under "onnx")

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
 from captioner.devices import autocast
-from captioner.encoders import Encoder, create_encoder
+from captioner.features.encoders import Encoder, create_encoder
 from captioner.images import BadImageError, open_rgb
 
 

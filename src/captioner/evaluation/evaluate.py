@@ -18,15 +18,15 @@ import torch
 
 from captioner.data.formats import load_dataset
 from captioner.data.records import ImageRecord
-from captioner.decoding import DecodeSettings, decode
+from captioner.decoding.strategies import DecodeSettings, decode
 from captioner.devices import keep_freed_memory
 from captioner.errors import CaptionerError
-from captioner.features import extract_features, read_manifest
+from captioner.features.cache import extract_features, read_manifest
 from captioner.io import atomic_write_text
-from captioner.live_features import LiveFeatures
-from captioner.metrics import Scores, score_captions
-from captioner.serve.ratings import DATABASE as RATINGS_FILE
-from captioner.trained import TrainedModel
+from captioner.features.live import LiveFeatures
+from captioner.evaluation.metrics import Scores, score_captions
+from captioner.evaluation.ratings import DATABASE as RATINGS_FILE
+from captioner.models.loading import TrainedModel
 
 
 @dataclass

@@ -19,12 +19,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from captioner.data.vocab import Vocabulary
-from captioner.decoders import Decoder, DecoderConfig, build_decoder
+from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.devices import pick_device
-from captioner.encoders import Encoder, build_architecture, get_spec
+from captioner.features.encoders import Encoder, build_architecture, get_spec
 from captioner.errors import CaptionerError, first_line
 from captioner.io import atomic_write_bytes, atomic_write_text
-from captioner.trained import TrainedModel
+from captioner.models.loading import TrainedModel
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "captioner-bundle", 1
 

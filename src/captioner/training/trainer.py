@@ -19,20 +19,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from captioner.batches import CaptionExamples, bucketed_batches, make_batch, pad_captions
-from captioner.checkpoint import load_checkpoint
+from captioner.training.batches import CaptionExamples, bucketed_batches, make_batch, pad_captions
+from captioner.models.checkpoint import load_checkpoint
 from captioner.data.formats import load_dataset
 from captioner.data.records import Dataset
 from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
-from captioner.decoders import DecoderConfig, build_decoder
-from captioner.decoding import DecodeSettings, decode, greedy
+from captioner.models.decoders import DecoderConfig, build_decoder
+from captioner.decoding.strategies import DecodeSettings, decode, greedy
 from captioner.devices import autocast, keep_freed_memory, pick_device
-from captioner.distributed import start_processes, stop_processes
+from captioner.training.distributed import start_processes, stop_processes
 from captioner.errors import CaptionerError
-from captioner.features import FeatureStore, extract_features
-from captioner.live_features import LiveFeatures
-from captioner.rundir import RunFiles, remove_temporaries, weights_of_epoch
-from captioner.schedulers import Schedule, ScheduleSettings
+from captioner.features.cache import FeatureStore, extract_features
+from captioner.features.live import LiveFeatures
+from captioner.training.rundir import RunFiles, remove_temporaries, weights_of_epoch
+from captioner.training.schedulers import Schedule, ScheduleSettings
 
 
 # Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
@@ -365,7 +365,7 @@ class Trainer:
                                 num_workers=c.num_workers, device=c.device)
 
     def _self_critical(self):
-        from captioner.self_critical import SelfCritical
+        from captioner.training.self_critical import SelfCritical
 
         references = {}
         for record in self.dataset.split("train"):

@@ -9,7 +9,7 @@ import torch
 
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocabulary, clean_caption
-from captioner.features import FeatureStore
+from captioner.features.cache import FeatureStore
 
 
 @dataclass

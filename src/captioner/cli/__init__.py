@@ -1,0 +1,5 @@
+"""The `captioner` command."""
+
+from captioner.cli.command import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""`captioner evaluate`: the coco-caption metrics, the evaluation folder, and human ratings of its captions."""

@@ -1,0 +1,1 @@
+"""The decoders, their checkpoint format, loading a trained model, and exporting it."""

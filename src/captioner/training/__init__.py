@@ -1,0 +1,1 @@
+"""`captioner train`: settings, the Trainer and its objectives, schedules, resume, torchrun, the run folder."""
