@@ -20,9 +20,10 @@ import torch
 
 from captioner.api import Captioner
 from captioner.data.formats import load_dataset
-from captioner.decoding.strategies import DecodeSettings, decode
+from captioner.decoding.strategies import decode
+from captioner.decoding.settings import DecodeSettings
 from captioner.devices import autocast
-from captioner.evaluation.evaluate import FeatureLookup
+from captioner.evaluation.evaluate import model_features
 
 
 def bare_encoder(captioner: Captioner, batch_size: int, batches: int) -> float:
@@ -37,9 +38,11 @@ def bare_encoder(captioner: Captioner, batch_size: int, batches: int) -> float:
 
 
 def from_features(captioner: Captioner, images: list[Path], settings: DecodeSettings, batch_size: int) -> float:
-    lookup = FeatureLookup(captioner.model, images, None, None, progress=False)
-    rows = [lookup.row(path) for path in images]
-    features = [lookup.features(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    source = model_features(captioner.model, images, None, None, progress=False)
+    rows = [source.row(path) for path in images]
+    uses_grid = captioner.model.decoder.uses_grid
+    features = [source.features(rows[i:i + batch_size], uses_grid).to(captioner.model.device)
+                for i in range(0, len(rows), batch_size)]
     started = time.perf_counter()
     for chunk in features:
         decode(captioner.model.decoder, chunk, captioner.model.vocab, settings)

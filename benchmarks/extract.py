@@ -19,7 +19,7 @@ import torch
 from captioner.data.formats import load_dataset
 from captioner.devices import autocast, pick_device
 from captioner.features.encoders import create_encoder
-from captioner.features.cache import default_workers, extract_features
+from captioner.features.extract import default_workers, extract_features
 
 
 def bare_forward(encoder_name: str, batch_size: int, batches: int, device: torch.device) -> float:

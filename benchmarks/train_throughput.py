@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from captioner.training.trainer import Trainer, TrainConfig, peak_memory_mb
+from captioner.training.config import TrainConfig
+from captioner.training.setup import build_trainer
+from captioner.training.trainer import peak_memory_mb
 
 
 def measure(config: TrainConfig, batches: int, warmup: int = 3) -> tuple[float, float]:
-    trainer = Trainer(config, ["benchmark"])
+    trainer = build_trainer(config, ["benchmark"])
     trainer.model.train()
     order, generator = trainer._batches(epoch=1)
     full = [indices for indices in order if len(indices) == config.batch_size]

@@ -30,7 +30,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model. Like a
     preset's model it carries a recommended decoding, TINY_DECODING."""
     from captioner.data.shapes import generate_shapes
-    from captioner.training.trainer import Trainer, TrainConfig
+    from captioner.training.config import TrainConfig
+    from captioner.training.setup import build_trainer
 
     root = tmp_path_factory.mktemp("trained")
     data = generate_shapes(root / "shapes", num_images=80, seed=5)
@@ -38,4 +39,4 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                          decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
                          batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1,
                          decoding=TINY_DECODING)
-    return Trainer(config, ["captioner"]).run() / "best.pt"
+    return build_trainer(config, ["captioner"]).run() / "best.pt"

@@ -51,7 +51,7 @@ def test_the_api_gives_the_captions_evaluate_gives(tiny_checkpoint: Path, tmp_pa
 
 def test_empty_and_all_unreadable_batches(tiny_checkpoint: Path, tmp_path: Path) -> None:
     cap = Captioner.load(tiny_checkpoint)
-    from captioner.decoding.strategies import DecodeSettings
+    from captioner.decoding.settings import DecodeSettings
 
     assert cap.caption_batch([], DecodeSettings("greedy")) == []
     for name in ("a.jpg", "b.png"):
@@ -73,7 +73,8 @@ def test_the_encoder_runs_a_large_batch_in_its_own_smaller_batches(tiny_checkpoi
 def test_flip_average_captions_each_image_with_its_mirror_image(tiny_checkpoint: Path) -> None:
     """The API's --flip_average: the encoder reads the image and its mirror image; the captions are those of the
     averaged decoder on both views, and the attention maps are the plain view's (a map per word and <end>)."""
-    from captioner.decoding.strategies import DecodeSettings, decode
+    from captioner.decoding.strategies import decode
+    from captioner.decoding.settings import DecodeSettings
     from captioner.models.ensemble import Averaged
 
     cap = Captioner.load(tiny_checkpoint)

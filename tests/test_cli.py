@@ -37,10 +37,11 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> None:
     from captioner.cli import command as cli
+    from captioner.cli import train
     from captioner.training.presets import DECODING, PRESETS
 
     seen = {}
-    monkeypatch.setattr(cli, "run_train", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(train, "run", lambda args: seen.update(vars(args)) or 0)
     assert cli.main(["train", "--preset", "flickr8k_best", "--epochs", "3"]) == 0
     assert seen["epochs"] == 3 and seen["encoder"] == PRESETS["flickr8k_best"]["encoder"]
     assert seen["augment_flip"] is True and seen["preset"] == "flickr8k_best"
@@ -48,17 +49,14 @@ def test_a_preset_sets_defaults_that_explicit_flags_override(monkeypatch) -> Non
 
 
 def test_every_preset_recommends_a_decoding_that_caption_and_evaluate_and_the_api_take() -> None:
-    import inspect
-
-    from captioner.api import Captioner
     from captioner.cli.command import build_parser
-    from captioner.decoding.strategies import DecodeSettings
-    from captioner.training.presets import DECODING, PRESETS, RECOMMENDABLE
+    from captioner.decoding.settings import RECOMMENDABLE, DecodeSettings, settings_from
+    from captioner.training.presets import DECODING, PRESETS
 
     parsers = build_parser().subcommand_parsers
     for command in ("caption", "evaluate"):
         assert set(RECOMMENDABLE) <= {action.dest for action in parsers[command]._actions}, command
-    assert set(RECOMMENDABLE) <= set(inspect.signature(Captioner.caption).parameters)
+    settings_from({name: getattr(DecodeSettings(), name) for name in RECOMMENDABLE})  # what Captioner.caption takes
     assert set(DECODING) == set(PRESETS)
     for decoding in DECODING.values():
         assert set(decoding) <= set(RECOMMENDABLE)
@@ -74,11 +72,12 @@ def with_decoding(checkpoint: Path, target: Path, decoding: dict | None, preset:
 
 def test_a_recommendation_becomes_defaults_that_explicit_flags_override(monkeypatch, tiny_checkpoint: Path,
                                                                         tmp_path: Path) -> None:
+    from captioner.cli import caption
     from captioner.cli import command as cli
 
     mirrored = with_decoding(tiny_checkpoint, tmp_path / "mirrored.pt", {**TINY_DECODING, "flip_average": True})
     seen = {}
-    monkeypatch.setattr(cli, "run_caption", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(caption, "run", lambda args: seen.update(vars(args)) or 0)
     assert cli.main(["caption", "x.png", "--model_path", str(mirrored), "--recommended"]) == 0
     assert seen["flip_average"] is True and seen["length_penalty"] == 1.0 and seen["beam_size"] == 2
     assert cli.main(["caption", "x.png", "--model_path", str(mirrored), "--recommended", "--no-flip_average",
@@ -89,7 +88,7 @@ def test_a_recommendation_becomes_defaults_that_explicit_flags_override(monkeypa
 def test_recommendations_of_older_preset_models_and_unknown_options(tiny_checkpoint: Path, tmp_path: Path,
                                                                    capsys) -> None:
     from captioner.training.presets import DECODING
-    from captioner.models.loading import recommended_decoding
+    from captioner.decoding.recommended import recommended_decoding
 
     # trained from the preset before presets stored their decoding: the preset's own
     older = with_decoding(tiny_checkpoint, tmp_path / "older.pt", None, preset="flickr8k_best")

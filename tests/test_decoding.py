@@ -9,7 +9,8 @@ import torch
 
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoders import DecoderConfig, build_decoder
-from captioner.decoding.strategies import DecodeSettings, beam_search, decode, greedy, sample, word_log_probs
+from captioner.decoding.strategies import beam_search, decode, greedy, sample, word_log_probs
+from captioner.decoding.settings import DecodeSettings
 
 VOCAB = Vocabulary.build([["a", "b", "c", "d", "e", "f"]] * 2, freq_threshold=1)
 
@@ -122,7 +123,7 @@ def test_decode_dispatches_and_checks_settings() -> None:
     assert len(decode(net, feats, VOCAB, DecodeSettings(strategy="greedy"))) == 5
     with pytest.raises(ValueError, match="needs beam_size"):
         DecodeSettings(strategy="beam", beam_size=2, num_captions=3)
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="strategy 'nucleus': must be one of greedy, beam, sample"):
         DecodeSettings(strategy="nucleus")
 
 

@@ -75,10 +75,11 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path: Path, capsys) -> None:
 def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     """--flip_average: the decoder averaged over the cached plain and mirrored features of each image; a cache
     without mirrored features is a clear error, not a silent plain evaluation."""
-    from captioner.decoding.strategies import DecodeSettings, decode
+    from captioner.decoding.strategies import decode
+    from captioner.decoding.settings import DecodeSettings
     from captioner.models.ensemble import Averaged
-    from captioner.evaluation.evaluate import FeatureLookup, split_records
-    from captioner.models.loading import load_trained
+    from captioner.evaluation.evaluate import model_features, split_records
+    from captioner.models.loading import load_model
 
     cache = tmp_path / "mirrored_cache"
     assert main(["evaluate", "--model_path", str(tiny_checkpoint), "--strategy", "greedy", "--max_images", "6",
@@ -89,11 +90,11 @@ def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: 
     assert about["decoding"]["flip_average"] is True
     written = {c["image_id"]: c["caption"] for c in json.loads((folder / "captions.json").read_text())}
 
-    model = load_trained(tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
     records, _ = split_records(model, "test", None, None, None, 6)
-    plain = FeatureLookup(model, [r.image for r in records], cache, None, progress=False)
+    plain = model_features(model, [r.image for r in records], cache, None, progress=False)
     rows = [plain.row(r.image) for r in records]
-    views = torch.stack([plain.store.features(rows, True), plain.store.features(rows, True, np.ones(6, bool))], 1)
+    views = torch.stack([plain.features(rows, True), plain.features(rows, True, flip=np.ones(6, bool))], 1)
     assert not torch.equal(views[:, 0], views[:, 1])  # the mirror image really is another view
     by_hand = decode(Averaged([model.decoder, model.decoder]), views, model.vocab, DecodeSettings("greedy"))
     assert [written[r.image_id] for r in records] == [" ".join(model.vocab.decode(d[0].tokens)) for d in by_hand]
@@ -105,7 +106,7 @@ def test_flip_average_decodes_each_image_with_its_mirror_image(tiny_checkpoint: 
 
 
 def test_evaluation_folders_are_named_from_every_decoding_setting(tmp_path: Path) -> None:
-    from captioner.decoding.strategies import DecodeSettings
+    from captioner.decoding.settings import DecodeSettings
     from captioner.evaluation.evaluate import default_output_dir
 
     checkpoint = tmp_path / "best.pt"

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import captioner.features.cache as features
+import captioner.features.extract as features
 from captioner.errors import CaptionerError
-from captioner.features.cache import FeatureStore, extract_features
+from captioner.features.extract import extract_features
+from captioner.features.store import FeatureStore
 from tests.bad_images import write_bad_files, write_good_variants
 from tests.conftest import write_image
 
@@ -122,8 +123,8 @@ def test_flip_features_are_the_features_of_the_mirrored_image(tmp_path: Path) ->
     np.testing.assert_allclose(store.grid_flip[halves_row], store.grid[mirrored_row], atol=2e-3)
     rows = [halves_row, mirrored_row]
     for use_grid, flipped in ((True, store.grid_flip), (False, store.pooled_flip)):  # all mirrored, and mixed
-        assert np.array_equal(store.features(rows, use_grid, np.array([True, True])).numpy(), flipped[rows])
-        mixed = store.features(rows, use_grid, np.array([False, True])).numpy()
+        assert np.array_equal(store.features(rows, use_grid, flip=np.array([True, True])).numpy(), flipped[rows])
+        mixed = store.features(rows, use_grid, flip=np.array([False, True])).numpy()
         assert np.array_equal(mixed[0], (store.grid if use_grid else store.pooled)[halves_row])
         assert np.array_equal(mixed[1], flipped[mirrored_row])
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import captioner.training.trainer as train_module
+import captioner.training.setup as training_setup
+import captioner.training.validation as validation_module
 from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 from captioner.cli.command import main
 from captioner.data.shapes import generate_shapes
@@ -22,7 +23,10 @@ from captioner.training.schedulers import SCHEDULER_TYPES, ScheduleSettings
 from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
 from captioner.training.distributed import Processes
-from captioner.training.trainer import Trainer, TrainConfig, dev_scores, ignored_options, unused_schedule_options
+from captioner.training.config import TrainConfig, ignored_options, unused_schedule_options
+from captioner.training.resume import check_not_finished
+from captioner.training.setup import build_trainer
+from captioner.training.validation import dev_scores
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def history(run: Path) -> list[dict]:
 
 
 def test_run_directory_holds_every_file(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path), ["captioner", "train"]).run()
+    run = build_trainer(small(shapes, tmp_path), ["captioner", "train"]).run()
     names = {p.name for p in run.iterdir()}
     assert {"run_config.json", "run_summary.txt", "loss_curve.json", "metrics_history.json", "training_losses.png",
             "learning_rate.png", "train.log", "vocab.json", "best.pt", "model_epoch_3.pt", "model_epoch_2.pt"} <= names
@@ -61,7 +65,7 @@ def test_run_directory_holds_every_file(shapes: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("decoder", ["lstm", "gru"])
 def test_show_and_tell_decoders_train(shapes: Path, tmp_path: Path, decoder: str) -> None:
     # attention-only options, as the flickr8k_best preset sets them: the run says it ignores them
-    run = Trainer(small(shapes, tmp_path, decoder=decoder, epochs=2, deep_output=True), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, decoder=decoder, epochs=2, deep_output=True), ["captioner"]).run()
     assert len(history(run)) == 2
     assert f"the {decoder} decoder does not read --attention_dim, --deep_output: they are ignored" in (
         run / "train.log").read_text()
@@ -79,19 +83,19 @@ def test_schedule_settings_without_use_scheduler_are_named_as_ignored(shapes: Pa
 
 
 def test_same_seed_same_losses(shapes: Path, tmp_path: Path) -> None:
-    first = history(Trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
-    second = history(Trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
+    first = history(build_trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
+    second = history(build_trainer(small(shapes, tmp_path, epochs=2), ["captioner"]).run())
     assert [e["train_loss"] for e in first] == [e["train_loss"] for e in second]
     assert [e["val_loss"] for e in first] == [e["val_loss"] for e in second]
 
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     options = dict(epochs=4, use_scheduler=True)
-    whole = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
-    partial = Trainer(small(shapes, tmp_path, **options), ["captioner"])
+    whole = history(build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    partial = build_trainer(small(shapes, tmp_path, **options), ["captioner"])
     partial.config.epochs = 2  # a 4-epoch run (its schedule included) that stops after epoch 2, as a kill would
     run = partial.run()
-    resumed_run = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
+    resumed_run = build_trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
     resumed = history(resumed_run)
     assert [e["epoch"] for e in resumed] == [1, 2, 3, 4]
     assert [e["train_loss"] for e in resumed] == [e["train_loss"] for e in whole]
@@ -101,8 +105,8 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(shapes: Path, tmp_path:
 
 def test_a_continued_run_keeps_the_decoding_its_preset_recommended(shapes: Path, tmp_path: Path) -> None:
     decoding = {"strategy": "beam", "beam_size": 2, "length_penalty": 1.0}
-    run = Trainer(small(shapes, tmp_path, epochs=1, max_images=30, decoding=decoding), ["captioner"]).run()
-    resumed = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, resume=str(run / "best.pt")), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=1, max_images=30, decoding=decoding), ["captioner"]).run()
+    resumed = build_trainer(small(shapes, tmp_path, epochs=2, max_images=30, resume=str(run / "best.pt")), ["captioner"]).run()
     assert json.loads((resumed / "run_config.json").read_text())["decoding"] == decoding
     assert torch.load(resumed / "best.pt", weights_only=True)["train_config"]["decoding"] == decoding
 
@@ -111,7 +115,7 @@ def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tm
                                                                 capsys: pytest.CaptureFixture) -> None:
     from captioner.cli.command import main
 
-    run = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, keep_checkpoints=3), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=2, max_images=30, keep_checkpoints=3), ["captioner"]).run()
     out = tmp_path / "resumed"
     assert main(["train", "--resume", str(run / "model_epoch_1.pt"), "--output_dir", str(out)]) == 0
     (resumed,) = out.iterdir()
@@ -137,20 +141,20 @@ def test_resume_takes_the_runs_own_settings_and_flags_given_win(shapes: Path, tm
 def test_out_of_range_numbers_are_refused_before_any_work(shapes: Path, tmp_path: Path, option: str, value: float,
                                                           expected: str) -> None:
     with pytest.raises(CaptionerError, match=expected):
-        Trainer(small(shapes, tmp_path, **{option: value}, cache_dir=str(tmp_path / "never")), ["captioner"])
+        build_trainer(small(shapes, tmp_path, **{option: value}, cache_dir=str(tmp_path / "never")), ["captioner"])
     assert not (tmp_path / "never").exists()
 
 
 def test_an_out_of_range_schedule_setting_is_refused(shapes: Path, tmp_path: Path) -> None:
     schedule = ScheduleSettings(scheduler_type="step", scheduler_step_size=0)
     with pytest.raises(CaptionerError, match="--scheduler_step_size 0: must be at least 1"):
-        Trainer(small(shapes, tmp_path, use_scheduler=True, schedule=schedule), ["captioner"])
+        build_trainer(small(shapes, tmp_path, use_scheduler=True, schedule=schedule), ["captioner"])
 
 
 def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
     for name in SCHEDULER_TYPES:
         schedule = ScheduleSettings(scheduler_type=name, keep_epochs=1, scheduler_gamma=0.5)
-        run = Trainer(small(shapes, tmp_path, epochs=2, use_scheduler=True, max_images=30, schedule=schedule),
+        run = build_trainer(small(shapes, tmp_path, epochs=2, use_scheduler=True, max_images=30, schedule=schedule),
                       ["captioner"]).run()
         rates = [e["lr"] for e in history(run)]
         assert len(rates) == 2, name
@@ -159,16 +163,16 @@ def test_every_scheduler_runs(shapes: Path, tmp_path: Path) -> None:
 
 
 def test_early_stopping_restores_the_best(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=30, learning_rate=0.3, early_stopping_patience=1), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=30, learning_rate=0.3, early_stopping_patience=1), ["captioner"]).run()
     entries = history(run)
     assert len(entries) < 30
     assert "early stopping" in (run / "train.log").read_text()
 
 
 def test_incompatible_and_damaged_checkpoints_are_clear_errors(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=1), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=1), ["captioner"]).run()
     with pytest.raises(CaptionerError, match="another model \\(hidden_size"):
-        Trainer(small(shapes, tmp_path, epochs=2, hidden_size=32, resume=str(run / "best.pt")), ["captioner"])
+        build_trainer(small(shapes, tmp_path, epochs=2, hidden_size=32, resume=str(run / "best.pt")), ["captioner"])
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes((run / "best.pt").read_bytes()[:1000])
     with pytest.raises(CaptionerError, match="not a readable checkpoint"):
@@ -247,7 +251,7 @@ def test_killed_mid_run_then_resumed_finishes_like_an_uninterrupted_run(tmp_path
 
 @pytest.mark.parametrize("options", [{"augment": True}, {"fine_tune_encoder": True, "augment": True}])
 def test_training_on_images_instead_of_the_cache(shapes: Path, tmp_path: Path, options: dict) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=2, max_images=30, **options), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=2, max_images=30, **options), ["captioner"]).run()
     entries = history(run)
     assert len(entries) == 2 and entries[1]["train_loss"] < entries[0]["train_loss"]
     assert not (tmp_path / "cache").exists()  # no feature cache written
@@ -259,13 +263,13 @@ def test_training_on_images_instead_of_the_cache(shapes: Path, tmp_path: Path, o
         original = create_encoder("tiny_random").state_dict()
         assert any(not torch.equal(encoder_state[name], original[name]) for name in original)  # the encoder learned
         with pytest.raises(CaptionerError, match="fine-tuned encoder; resume it with --fine_tune_encoder"):
-            Trainer(small(shapes, tmp_path, epochs=3, max_images=30, resume=str(run / "best.pt")), ["captioner"])
+            build_trainer(small(shapes, tmp_path, epochs=3, max_images=30, resume=str(run / "best.pt")), ["captioner"])
     else:
         assert encoder_state is None
 
 
 def test_best_checkpoint_by_a_dev_metric(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=4, best_metric="CIDEr"), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=4, best_metric="CIDEr"), ["captioner"]).run()
     entries = history(run)
     best = max(entries, key=lambda e: e["CIDEr"])
     assert load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
@@ -274,17 +278,17 @@ def test_best_checkpoint_by_a_dev_metric(shapes: Path, tmp_path: Path) -> None:
 
 
 def test_attention_pictures_during_training(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=1, save_attention_viz=True, attention_viz_samples=2,
+    run = build_trainer(small(shapes, tmp_path, epochs=1, save_attention_viz=True, attention_viz_samples=2,
                         advanced_attention_viz=True), ["captioner"]).run()
     names = {p.name for p in run.iterdir()}
     assert {"attention_viz_sample_1.png", "attention_viz_sample_2.png", "advanced_attention_viz_sample_1.png",
             "advanced_attention_viz_sample_2.png"} <= names
     with pytest.raises(CaptionerError, match="needs --decoder attention"):
-        Trainer(small(shapes, tmp_path, decoder="gru", save_attention_viz=True), ["captioner"])
+        build_trainer(small(shapes, tmp_path, decoder="gru", save_attention_viz=True), ["captioner"])
 
 
 def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_path: Path) -> None:
-    run = Trainer(small(shapes, tmp_path, epochs=2, scst_epochs=2, scst_samples=3, best_metric="CIDEr",
+    run = build_trainer(small(shapes, tmp_path, epochs=2, scst_epochs=2, scst_samples=3, best_metric="CIDEr",
                         max_images=40), ["captioner"]).run()
     entries = history(run)
     assert [e["objective"] for e in entries] == ["cross-entropy"] * 2 + ["self-critical"] * 2
@@ -300,13 +304,13 @@ def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_pa
 
 def test_a_resumed_run_stops_early_where_the_original_would(shapes: Path, tmp_path: Path) -> None:
     options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2)
-    whole = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    whole = history(build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
     stopped_at = whole[-1]["epoch"]
     assert stopped_at < 30
-    first = Trainer(small(shapes, tmp_path, **options), ["captioner"])
+    first = build_trainer(small(shapes, tmp_path, **options), ["captioner"])
     first.config.epochs = stopped_at - 1  # killed one epoch before it would stop
     run = first.run()
-    resumed = history(Trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{stopped_at - 1}.pt")),
+    resumed = history(build_trainer(small(shapes, tmp_path, **options, resume=str(run / f"model_epoch_{stopped_at - 1}.pt")),
                               ["captioner"]).run())
     assert resumed[-1]["epoch"] == stopped_at
 
@@ -315,11 +319,11 @@ def test_resumed_from_the_epoch_that_stopped_early_goes_on_to_self_critical(shap
     """Was: one more cross-entropy epoch, then self-critical (the checkpoint's patience had run out)."""
     options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2, scst_epochs=1, scst_samples=3,
                    best_metric="CIDEr", max_images=40, keep_checkpoints=40)
-    whole_run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    whole_run = build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
     whole = history(whole_run)
     stopped_at = [e for e in whole if e["objective"] == "cross-entropy"][-1]["epoch"]
     assert stopped_at < 30 and [e["epoch"] for e in whole][-1] == 31
-    resumed = history(Trainer(small(shapes, tmp_path, **options,
+    resumed = history(build_trainer(small(shapes, tmp_path, **options,
                                     resume=str(whole_run / f"model_epoch_{stopped_at}.pt")), ["captioner"]).run())
     assert [(e["epoch"], e["objective"]) for e in resumed] == [(e["epoch"], e["objective"]) for e in whole]
     assert resumed[-1]["train_loss"] == whole[-1]["train_loss"]
@@ -338,19 +342,19 @@ def cli_train(shapes: Path, tmp_path: Path, output: Path, *extra: str) -> Path:
 def test_a_run_that_stopped_early_is_not_resumed_but_can_be_continued(shapes: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     options = dict(epochs=30, learning_rate=0.3, early_stopping_patience=2, keep_checkpoints=40)
-    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
     stopped_at = history(run)[-1]["epoch"]
     last = run / f"model_epoch_{stopped_at}.pt"
 
-    def no_data(self):
+    def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the refusal")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_load_data", no_data)
+        patch.setattr(training_setup, "load_dataset", no_data)
         # refused whatever this command's patience: the original run did stop there
         for patience in (2, 5):
             with pytest.raises(CaptionerError, match=f"epoch {stopped_at}, at which early stopping ended the run"):
-                Trainer(small(shapes, tmp_path, **{**options, "early_stopping_patience": patience},
+                build_trainer(small(shapes, tmp_path, **{**options, "early_stopping_patience": patience},
                               resume=str(last)), ["captioner"])
     # --model_path asks for more epochs: early stopping counts afresh (was: stopped after one)
     continued = cli_train(shapes, tmp_path, tmp_path / "continued", "--learning_rate", "0.3",
@@ -376,27 +380,27 @@ def test_what_a_checkpoint_of_an_early_stop_leaves_to_resume() -> None:
                 "train_config": {"early_stopping_patience": 3}}
 
     config = TrainConfig(epochs=9, scst_epochs=2, early_stopping_patience=3, best_metric="CIDEr", resume="ck.pt")
-    train_module.check_not_finished(config, checkpoint("cross-entropy"))  # on to self-critical
+    check_not_finished(config, checkpoint("cross-entropy"))  # on to self-critical
     with pytest.raises(CaptionerError, match=r"ck.pt is of epoch 7.*no better CIDEr for 3 epochs"):
-        train_module.check_not_finished(config, checkpoint("self-critical"))
+        check_not_finished(config, checkpoint("self-critical"))
     with pytest.raises(CaptionerError, match="--model_path"):
-        train_module.check_not_finished(TrainConfig(epochs=9, resume="ck.pt"), checkpoint("cross-entropy"))
+        check_not_finished(TrainConfig(epochs=9, resume="ck.pt"), checkpoint("cross-entropy"))
     continuation = TrainConfig(epochs=9, restart_patience=True, resume="ck.pt")
-    train_module.check_not_finished(continuation, checkpoint("self-critical"))
-    train_module.check_not_finished(config, {**checkpoint("self-critical"), "patience_left": 1})
+    check_not_finished(continuation, checkpoint("self-critical"))
+    check_not_finished(config, {**checkpoint("self-critical"), "patience_left": 1})
 
 
 def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_later_best(shapes: Path,
                                                                                        tmp_path: Path) -> None:
     options = dict(epochs=3, scst_epochs=1, scst_samples=3, best_metric="CIDEr", keep_checkpoints=10, max_images=40)
-    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
     best_xe = max((e for e in history(run) if e["objective"] == "cross-entropy"), key=lambda e: e["CIDEr"])["epoch"]
     assert best_xe < 3, "the scenario needs a best cross-entropy epoch before the last one"
     save_checkpoint(run / "best.pt", load_checkpoint(run / "model_epoch_4.pt"))  # as when self-critical improved
     expected = load_checkpoint(run / f"model_epoch_{best_xe}.pt")["model"]
 
     def weights_found(resume: Path) -> dict:
-        return Trainer(small(shapes, tmp_path, **options, resume=str(resume)), ["captioner"]).best_weights
+        return build_trainer(small(shapes, tmp_path, **options, resume=str(resume)), ["captioner"]).best_weights
 
     # resumed after the best epoch, at the best epoch, and from a run that itself resumed (chain of parents)
     chained = tmp_path / "runs" / "chained"
@@ -414,19 +418,19 @@ def test_resumed_self_critical_starts_from_the_best_cross_entropy_epoch_not_a_la
 
 def test_self_critical_with_the_references_cross_entropy_mixed_in(shapes: Path, tmp_path: Path) -> None:
     options = dict(epochs=1, scst_epochs=1, scst_samples=3, best_metric="CIDEr", max_images=40, seed=5)
-    plain = history(Trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
-    mixed = history(Trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"]).run())
+    plain = history(build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run())
+    mixed = history(build_trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"]).run())
     assert [e["objective"] for e in mixed] == ["cross-entropy", "self-critical"]
     assert mixed[0]["train_loss"] == plain[0]["train_loss"]  # the cross-entropy epochs are untouched
     assert mixed[1]["train_loss"] != plain[1]["train_loss"]
 
-    trainer = Trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"])
+    trainer = build_trainer(small(shapes, tmp_path, **options, scst_xe_weight=0.5), ["captioner"])
     trainer.model.eval()
     rows = sorted(trainer.self_critical.rows)[:4]
     features = trainer._features_of_rows(rows)
     with torch.no_grad():
-        one_by_one = [float(trainer._reference_loss(features[i:i + 1], rows[i:i + 1])) for i in range(4)]
-        together = float(trainer._reference_loss(features, rows))
+        one_by_one = [float(trainer.references(trainer.model, features[i:i + 1], rows[i:i + 1])) for i in range(4)]
+        together = float(trainer.references(trainer.model, features, rows))
     assert all(loss > 0 for loss in one_by_one)
     # per word over all the images' captions: between the images' own losses, each caption with its own image
     assert min(one_by_one) <= together <= max(one_by_one)
@@ -436,64 +440,64 @@ def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path
     """--scst_xe_references K: each image's K references are drawn anew per batch from its own captions."""
     options = dict(epochs=1, scst_epochs=1, scst_samples=3, best_metric="CIDEr", max_images=40, seed=5,
                    scst_xe_weight=0.5)
-    trainer = Trainer(small(shapes, tmp_path, **options, scst_xe_references=1), ["captioner"])
+    trainer = build_trainer(small(shapes, tmp_path, **options, scst_xe_references=1), ["captioner"])
     row = sorted(trainer.self_critical.rows)[0]
-    own = trainer._examples_of_row[row]
+    own = trainer.references.examples_of_row[row]
     assert len(own) > 1
-    drawn = [trainer._some_references(own) for _ in range(40)]
+    drawn = [trainer.references._some(own) for _ in range(40)]
     assert all(len(choice) == 1 and choice[0] in own for choice in drawn)
     assert len({choice[0] for choice in drawn}) > 1  # not always the same caption
-    everything = Trainer(small(shapes, tmp_path, **options), ["captioner"])
-    assert everything._some_references(own) == own
+    everything = build_trainer(small(shapes, tmp_path, **options), ["captioner"])
+    assert everything.references._some(own) == own
     # the mixed loss really reads one caption per image
     captions_read: list[int] = []
-    real_loss = trainer._loss
+    real_loss = trainer.objective
 
-    def counting_loss(features, captions, *rest):
+    def counting_loss(model, features, captions, *rest):
         captions_read.append(len(captions))
-        return real_loss(features, captions, *rest)
+        return real_loss(model, features, captions, *rest)
 
-    trainer._loss = counting_loss
+    trainer.references.objective = counting_loss
     rows = sorted(trainer.self_critical.rows)[:3]
-    trainer._reference_loss(trainer._features_of_rows(rows), rows)
+    trainer.references(trainer.model, trainer._features_of_rows(rows), rows)
     assert captions_read == [3]
     assert history(trainer.run())[1]["objective"] == "self-critical"
     with pytest.raises(CaptionerError, match="--scst_xe_references 0"):
-        Trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])
+        build_trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])
 
 
 def test_dev_loss_is_the_cross_entropy_per_word_of_every_dev_caption(shapes: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     """Validation batches captions shortest first; the loss must still be that of each caption on its own."""
-    trainer = Trainer(small(shapes, tmp_path, amp=False, label_smoothing=0.1), ["captioner"])
-    trainer.validation_batch = 4  # several batches, with a partial last one
+    trainer = build_trainer(small(shapes, tmp_path, amp=False, label_smoothing=0.1), ["captioner"])
+    monkeypatch.setattr(validation_module, "BATCH", 4)  # several batches, with a partial last one
     batch_lengths = []
-    real_pad_captions = train_module.pad_captions
+    real_pad_captions = validation_module.pad_captions
 
     def recording_pad_captions(examples, indices):
         batch_lengths.append([len(examples.captions[i]) for i in indices])
         return real_pad_captions(examples, indices)
 
-    monkeypatch.setattr(train_module, "pad_captions", recording_pad_captions)
+    monkeypatch.setattr(validation_module, "pad_captions", recording_pad_captions)
     loss, _ = trainer.validate()
     lengths = [length for batch in batch_lengths for length in batch]
-    assert len(batch_lengths) > 2 and len(lengths) == len(trainer.dev_set) and lengths == sorted(lengths)
-    dev, total, words = trainer.dev_set, 0.0, 0
+    assert len(batch_lengths) > 2 and len(lengths) == len(trainer.data.dev) and lengths == sorted(lengths)
+    dev, total, words = trainer.data.dev, 0.0, 0
     with torch.no_grad():
         for index, caption in enumerate(dev.captions):
             tokens = torch.tensor([caption])
             logits, _ = trainer.decoder(trainer._features_of_rows(dev.rows[[index]]), tokens)
-            total += float(trainer.loss_fn(logits[0], tokens[0, 1:]))
+            total += float(trainer.objective.loss_fn(logits[0], tokens[0, 1:]))
             words += len(caption) - 1
     assert len({len(c) for c in dev.captions}) > 1  # lengths differ, so padding is in play
     assert loss == pytest.approx(total / words, rel=1e-5)
 
 
-def test_under_torchrun_each_process_validates_its_share(shapes: Path, tmp_path: Path) -> None:
+def test_under_torchrun_each_process_validates_its_share(shapes: Path, tmp_path: Path, monkeypatch) -> None:
     """Each of two processes computes the dev loss over half the batches and captions half the dev images;
     what they exchange adds up to the single process's loss and scores."""
-    trainer = Trainer(small(shapes, tmp_path, amp=False), ["captioner"])
-    trainer.validation_batch = 4  # several batches
+    trainer = build_trainer(small(shapes, tmp_path, amp=False), ["captioner"])
+    monkeypatch.setattr(validation_module, "BATCH", 4)  # several batches
     whole_loss, whole_scores = trainer.validate()
     sums: dict[int, tuple] = {}
     shares: dict[int, dict] = {}
@@ -512,35 +516,35 @@ def test_under_torchrun_each_process_validates_its_share(shapes: Path, tmp_path:
     for rank in (0, 1):
         trainer.processes = OneOfTwo(rank=rank, world_size=2)
         trainer.validate()
-    images = len(trainer.dev_records)
+    images = len(trainer.data.dev_records)
     assert sorted(shares[0]) == list(range(0, images, 2)) and sorted(shares[1]) == list(range(1, images, 2))
     (total_0, words_0), (total_1, words_1) = sums[0], sums[1]
     assert 0 < words_0 < words_0 + words_1 and (total_0 + total_1) / (words_0 + words_1) == pytest.approx(whole_loss)
     references = {key: [" ".join(clean_caption(text)) for text in record.captions]
-                  for key, record in enumerate(trainer.dev_records)}
+                  for key, record in enumerate(trainer.data.dev_records)}
     assert dev_scores(references, {**shares[0], **shares[1]}) == pytest.approx(whole_scores)
 
 
 def test_self_critical_learning_rate_decays_per_epoch_and_a_resume_keeps_it(shapes: Path, tmp_path: Path) -> None:
     options = dict(epochs=1, scst_epochs=3, scst_samples=3, scst_lr=1e-3, scst_lr_decay=0.5, best_metric="CIDEr",
                    max_images=40, keep_checkpoints=10)
-    run = Trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run()
     assert [e["lr"] for e in history(run)[1:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
-    resumed = Trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
+    resumed = build_trainer(small(shapes, tmp_path, **options, resume=str(run / "model_epoch_2.pt")), ["captioner"]).run()
     assert [e["lr"] for e in history(resumed)[1:]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
     assert [e["train_loss"] for e in history(resumed)] == [e["train_loss"] for e in history(run)]
-    constant = Trainer(small(shapes, tmp_path, **{**options, "scst_lr_decay": 1.0}), ["captioner"]).run()
+    constant = build_trainer(small(shapes, tmp_path, **{**options, "scst_lr_decay": 1.0}), ["captioner"]).run()
     losses, constant_losses = [e["train_loss"] for e in history(run)], [e["train_loss"] for e in history(constant)]
     assert losses[:2] == constant_losses[:2] and losses[2] != constant_losses[2]  # the rate was in effect
 
 
 def test_a_learning_rate_factor_of_zero_is_refused(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(CaptionerError, match="--scst_lr_decay 0"):
-        Trainer(small(shapes, tmp_path, scst_epochs=1, scst_lr_decay=0.0), ["captioner"])
+        build_trainer(small(shapes, tmp_path, scst_epochs=1, scst_lr_decay=0.0), ["captioner"])
 
 
 def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    trainer = Trainer(small(shapes, tmp_path, epochs=3), ["captioner"])
+    trainer = build_trainer(small(shapes, tmp_path, epochs=3), ["captioner"])
     real_epoch, calls = trainer.train_epoch, []
 
     def interrupted_in_epoch_2(*args, **kwargs):  # Ctrl-C in the middle of the second epoch
@@ -558,9 +562,9 @@ def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, 
 
 
 def test_mirroring_captions_that_name_sides_is_warned_about(shapes: Path, tmp_path: Path) -> None:
-    from captioner.training.trainer import sided_share
+    from captioner.training.config import sided_share
 
     records = load_dataset("shapes", shapes).split("train")
     assert sided_share(records) > 0.05  # "... to the left of ..."
-    run = Trainer(small(shapes, tmp_path, epochs=1, augment_flip=True), ["captioner"]).run()
+    run = build_trainer(small(shapes, tmp_path, epochs=1, augment_flip=True), ["captioner"]).run()
     assert "of the training captions say 'left' or 'right'" in (run / "train.log").read_text()

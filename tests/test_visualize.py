@@ -12,7 +12,8 @@ from PIL import Image
 from captioner.cli.command import main
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoders import DecoderConfig, build_decoder
-from captioner.visualize import heatmap, trace_caption
+from captioner.visualize import heatmap
+from captioner.decoding.trace import trace_caption
 
 
 def test_basic_and_advanced_pictures(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:

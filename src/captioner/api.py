@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 from captioner.data.records import IMAGE_EXTENSIONS
-from captioner.decoding.strategies import DecodeSettings, Decoded, decode
+from captioner.decoding.recommended import recommended_in
+from captioner.decoding.settings import DecodeSettings, settings_from
+from captioner.decoding.strategies import Decoded, decode
 from captioner.devices import keep_freed_memory
-from captioner.features.encoders import Encoder, create_encoder
-from captioner.errors import CaptionerError
-from captioner.features.cache import encode_pixels
+from captioner.features.pixels import EncodedImages
 from captioner.images import BadImageError, open_rgb
-from captioner.models.loading import TrainedModel, load_trained
+from captioner.models.loading import TrainedModel, load_model
 
 ImageInput = str | Path | Image.Image
 
@@ -68,10 +68,13 @@ class CaptionResult:
 
 
 class Captioner:
-    def __init__(self, model: TrainedModel, encoder: Encoder) -> None:
+    def __init__(self, model: TrainedModel) -> None:
+        """`model` loaded with its encoder (load_model(..., with_encoder=True)); Captioner.load does that."""
         keep_freed_memory()  # the process keeps freed memory for reuse: 25-35% faster captioning on a CPU
+        if model.encoder is None:
+            raise ValueError("Captioner needs the model loaded with its encoder: load_model(path, with_encoder=True)")
         self.model = model
-        self.encoder = encoder.to(model.device).to(memory_format=torch.channels_last).eval()
+        self.encoder = model.encoder.to(model.device).to(memory_format=torch.channels_last).eval()
         self.image_size = model.image_size
         h, w, _ = model.encoder_settings["grid"]
         self.grid = (int(h), int(w))
@@ -80,21 +83,7 @@ class Captioner:
     def load(cls, path: str | Path, device: str | None = None, encoder_weights: str | Path | None = None) -> Captioner:
         """A checkpoint (`best.pt`, `model_epoch_N.pt`) or a folder written by `captioner export`; `device`
         defaults to CUDA when present."""
-        from captioner.models.bundle import is_bundle, load_bundle
-
-        if is_bundle(Path(path)):
-            return cls(*load_bundle(Path(path), device))
-        model = load_trained(path, device)
-        weights = encoder_weights or model.train_config.get("encoder_weights")
-        encoder = create_encoder(model.encoder_name, Path(weights) if weights else None)
-        if model.encoder_state is not None:
-            encoder.load_state_dict(model.encoder_state)
-        else:
-            expected = model.encoder_settings.get("weights_sha256")
-            if expected and encoder.weights_sha256 != expected:
-                raise CaptionerError(f"the {model.encoder_name} weights differ from the ones {path} was trained on; "
-                                     "pass the same encoder_weights")
-        return cls(model, encoder)
+        return cls(load_model(path, device, with_encoder=True, encoder_weights=encoder_weights))
 
     @property
     def default_batch_size(self) -> int:
@@ -116,17 +105,18 @@ class Captioner:
     def recommended_decoding(self) -> dict[str, object]:
         """Keyword arguments of caption() that its training preset recommends ({} without a preset):
         `cap.caption(images, **cap.recommended_decoding)`."""
-        return self.model.recommended_decoding
+        return recommended_in(self.model.train_config, self.model.source)
 
-    def caption(self, images: ImageInput | Iterable[ImageInput], strategy: str = "beam", beam_size: int = 3,
-                num_captions: int = 1, max_length: int = 30, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                batch_size: int | None = None, flip_average: bool = False) -> list[CaptionResult]:
+    def caption(self, images: ImageInput | Iterable[ImageInput], *, batch_size: int | None = None,
+                **decoding: object) -> list[CaptionResult]:
         """Captions of every image, in order. Folders are expanded to the images in them (sorted); an image
-        that cannot be read gets a result with `error` set instead of stopping the batch. `flip_average`
-        averages each word's probability over the image and its mirror image (the encoder runs twice)."""
-        settings = DecodeSettings(strategy, beam_size, max_length, length_penalty, no_repeat_ngram, temperature,
-                                  top_k, top_p, num_captions, seed, flip_average=flip_average)
+        that cannot be read gets a result with `error` set instead of stopping the batch.
+
+        `decoding`: the options of DecodeSettings (captioner/decoding/settings.py), by name: strategy ("greedy",
+        "beam", "sample"), beam_size, num_captions, max_length, length_penalty, no_repeat_ngram, temperature,
+        top_k, top_p, seed, flip_average (each word's probability averaged over the image and its mirror
+        image: the encoder runs twice). Defaults: beam search, beam 3, one caption."""
+        settings = settings_from(decoding)
         return [result for batch in self.caption_batches(images, settings, batch_size) for result in batch]
 
     def caption_batches(self, images: ImageInput | Iterable[ImageInput], settings: DecodeSettings,
@@ -147,10 +137,10 @@ class Captioner:
         results = [result for result, _ in opened]
         readable = [(result, pixels) for result, pixels in opened if pixels is not None]
         if readable:
-            pixels = torch.from_numpy(np.stack([pixels for _, pixels in readable]))
-            features = self._features(pixels)
-            if settings.flip_average:  # mirroring the normalized pixels = normalizing the mirrored image
-                features = torch.stack([features, self._features(pixels.flip(3))], 1)
+            source = self._source(torch.from_numpy(np.stack([pixels for _, pixels in readable])))
+            rows = list(range(len(readable)))
+            features = (source.both_views(rows, self.uses_attention) if settings.flip_average
+                        else source.features(rows, self.uses_attention))
             for (result, _), decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
                 result.captions = [self._caption(d) for d in decoded]
         return results
@@ -169,14 +159,13 @@ class Captioner:
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:
         """What the decoder reads for these (RGB) images: (B, L, C) grids for attention, (B, C) otherwise."""
-        return self._features(torch.stack([self.encoder.spec.prepare(image, self.image_size) for image in images]))
+        pixels = torch.stack([self.encoder.spec.prepare(image, self.image_size) for image in images])
+        return self._source(pixels).features(list(range(len(images))), self.uses_attention)
 
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalized images (B, 3, S, S) -> what the decoder reads, the encoder running its own batch size."""
-        size, device = self.encoder_batch_size, self.model.device
-        encoded = [encode_pixels(self.encoder, pixels[start:start + size].to(device), device)
-                   [0 if self.uses_attention else 1] for start in range(0, len(pixels), size)]
-        return torch.cat(encoded) if len(encoded) > 1 else encoded[0]
+    def _source(self, pixels: torch.Tensor) -> EncodedImages:
+        """Normalized images (B, 3, S, S), encoded as the cache would be, the encoder running its own batch size."""
+        return EncodedImages(self.encoder, pixels, self.model.encoder_settings, self.model.device,
+                             self.encoder_batch_size)
 
     def _caption(self, decoded: Decoded) -> Caption:
         words = self.model.vocab.decode(decoded.tokens)

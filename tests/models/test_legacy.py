@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from captioner.api import Captioner
-from captioner.decoding.strategies import DecodeSettings
+from captioner.decoding.settings import DecodeSettings
 
 LEGACY = Path(__file__).with_name("legacy")
 IMAGES = [str(LEGACY / "shapes_00000.png"), str(LEGACY / "shapes_00001.png")]

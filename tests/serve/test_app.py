@@ -155,7 +155,7 @@ def test_missing_field_and_bad_options(client) -> None:
                              ({"strategy": "greedy", "num_captions": "3"}, "greedy decoding writes one caption"),
                              ({"strategy": "sample", "temperature": "nan"}, "must be finite"),
                              ({"length_penalty": "inf"}, "must be finite"),
-                             ({"strategy": "sample", "temperature": "1e-45"}, "temperature must be >= 0.01")):
+                             ({"strategy": "sample", "temperature": "1e-45"}, "temperature 1e-45: must be at least 0.01")):
         refused = client.post("/api/caption", files={"file": ("p.png", png_bytes(), "image/png")}, data=options)
         assert refused.status_code == 422 and message in refused.json()["error"], refused.json()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,11 @@ SPLITS = ("train", "dev", "test")
 UNSPLIT = "unsplit"  # images with captions that no official split list names (Flickr8k has 91)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# (image key relative to the image root, caption text, "file:line", caption id or None). Two captions of one
+# image are duplicates when their ids match or, without ids, when their texts match exactly: two annotators
+# who wrote the same sentence (Flickr8k has 14 such pairs, differing in case) are two captions, not one.
+Caption = tuple[str, str, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -109,3 +116,58 @@ def take_subset(
         random.Random(f"{seed}:{split_name}").shuffle(chosen)
         kept.update(chosen[: max(1, round(len(indices) * share))])
     return [record for index, record in enumerate(records) if index in kept]
+
+
+def collect_records(
+    captions: Iterable[Caption],
+    image_root: Path,
+    split_of: Callable[[str], str],
+    report: LoadReport,
+    scan_for_uncaptioned: bool = True,
+) -> list[ImageRecord]:
+    """Group captions by image, drop blanks/duplicates/missing images (counted), and assign splits."""
+    by_image: dict[str, list[str]] = {}
+    seen: dict[str, set[str]] = {}
+    for key, caption, where, caption_id in captions:
+        text = " ".join(caption.split())
+        if not text:
+            report.skip("blank captions", where)
+            continue
+        identity = caption_id if caption_id is not None else text
+        if identity in seen.setdefault(key, set()):
+            report.skip("duplicate caption lines", where)
+            continue
+        seen[key].add(identity)
+        by_image.setdefault(key, []).append(text)
+    present = _ExistingFiles(image_root, by_image)
+    records = []
+    for key, texts in by_image.items():
+        if key not in present:
+            report.skip("caption ids without an image", f"{key} ({len(texts)} captions)")
+            continue
+        records.append(ImageRecord(image_root / key, tuple(texts), split_of(key)))
+    if scan_for_uncaptioned:
+        for key in sorted(present.all_images - by_image.keys()):
+            report.skip("images without captions", key)
+    return records
+
+
+class _ExistingFiles:
+    """Which image keys exist, listing each folder once instead of one stat per image."""
+
+    def __init__(self, root: Path, keys: Iterable[str]) -> None:
+        self.all_images: set[str] = set()
+        folders = {os.path.dirname(key) for key in keys} or {""}
+        for folder in folders:
+            try:
+                names = os.listdir(root / folder)
+            except OSError:
+                continue
+            self.all_images.update(
+                os.path.join(folder, name) if folder else name
+                for name in names
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.all_images

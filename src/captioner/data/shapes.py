@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from captioner.data.layouts import load_karpathy
 from captioner.data.records import Dataset, LoadReport
 from captioner.errors import CaptionerError
 
@@ -163,8 +164,6 @@ def is_generated(folder: Path) -> bool:
 
 def load_shapes(data_dir: Path | str | None, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES) -> Dataset:
     """Read the shapes dataset in `data_dir`, drawing it first if the folder does not hold one yet."""
-    from captioner.data.formats import load_karpathy  # imported here: formats imports this module lazily too
-
     folder = Path(data_dir).expanduser() if data_dir else default_shapes_dir(seed, num_images)
     if not is_generated(folder):
         if folder.is_dir() and any(folder.iterdir()):

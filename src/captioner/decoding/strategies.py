@@ -8,22 +8,15 @@ its matmuls run several times faster than in fp32. Logits are turned into log-pr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from captioner.data.vocab import Vocabulary
+from captioner.decoding.settings import DecodeSettings
 from captioner.models.decoders import Decoder
 from captioner.devices import autocast
 from captioner.models.ensemble import Averaged
-
-STRATEGIES = ("greedy", "beam", "sample")
-
-
-# below it, logits / temperature overflow float32 and sampling fails; at it, sampling is all but greedy
-MIN_TEMPERATURE = 0.01
-
 
 @dataclass
 class Decoded:
@@ -33,41 +26,6 @@ class Decoded:
     log_prob: float
     attention: torch.Tensor | None = None  # (steps, L): one row per emitted word (and <end> when emitted)
     score: float | None = None  # what the hypotheses were ranked by (beam search: with the length penalty)
-
-
-@dataclass
-class DecodeSettings:
-    strategy: str = "beam"
-    beam_size: int = 3
-    max_length: int = 30
-    length_penalty: float = 0.0  # beam: rank by log_prob / length ** length_penalty (0: the plain sum)
-    no_repeat_ngram: int = 0  # beam: forbid repeating any n-gram of this size (0: off)
-    temperature: float = 1.0
-    top_k: int = 0  # sample: only the k most likely words (0: all)
-    top_p: float = 1.0  # sample: the smallest set of words whose probability reaches p
-    num_captions: int = 1  # per image: the best N beams, or N distinct samples
-    seed: int | None = None  # sample: the same seed gives the same captions
-    amp: bool = True  # run the decoder in the reduced precision it was trained in, where that is fast (bf16)
-    # each word's probability averaged over the image and its mirror image: features (B, 2, ...), the plain view
-    # first; twice the decoding work, and on Flickr8k dev 0.2-1.0 more BLEU-4 and 0.7-1.6 more CIDEr
-    flip_average: bool = False
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.beam_size < 1 or self.num_captions < 1 or self.max_length < 1:
-            raise ValueError("beam_size, num_captions and max_length must be at least 1")
-        if self.strategy == "greedy" and self.num_captions > 1:
-            raise ValueError(f"greedy decoding writes one caption per image, not {self.num_captions}; for several, "
-                             "use beam search (num_captions up to beam_size) or sampling")
-        if self.strategy == "beam" and self.num_captions > self.beam_size:
-            raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
-        if not math.isfinite(self.temperature) or not math.isfinite(self.length_penalty):
-            raise ValueError("temperature and length_penalty must be finite numbers")
-        if self.temperature < MIN_TEMPERATURE or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE}, top_p in (0, 1], top_k >= 0")
-        if self.length_penalty < 0 or self.no_repeat_ngram < 0:
-            raise ValueError("length_penalty and no_repeat_ngram must be >= 0")
 
 
 def decode(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary,

@@ -1,14 +1,70 @@
-"""An evaluation folder (from `captioner evaluate`) as the review page shows it."""
+"""The evaluation folder, written by `captioner evaluate` and read by the review page, in one place.
+
+    captions.json     the captions, in the COCO results format
+    references.json   each image's reference captions
+    metrics.json      the scores, x100
+    per_image.json    BLEU-4, CIDEr and WER of each image, for reviewing
+    images.json       image id -> file
+    evaluation.json   what was run (checkpoint, decoding, tokenizer, ...)
+    ratings.sqlite    human ratings given on the review page (ratings.py)
+
+Re-scoring captions.json against references.json with pycocoevalcap gives the numbers in metrics.json.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from captioner.decoding.settings import DecodeSettings
 from captioner.errors import CaptionerError
+from captioner.evaluation.metrics import Scores
+from captioner.evaluation.ratings import DATABASE as RATINGS_FILE
+from captioner.io import atomic_write_text
+from captioner.models.loading import TrainedModel
 
 NEEDED = ("captions.json", "references.json", "per_image.json", "images.json")
+__all__ = ["RATINGS_FILE", "Evaluation", "default_output_dir", "find_evaluation", "write_evaluation"]
+
+
+def default_output_dir(checkpoint: Path, split: str, settings: DecodeSettings) -> Path:
+    """A new folder beside the checkpoint, named from the split and decoding settings."""
+    name = f"eval_{split}_{settings.strategy}"
+    if settings.strategy == "beam":
+        name += f"{settings.beam_size}"
+        if settings.length_penalty:
+            name += f"_lp{settings.length_penalty:g}"
+        if settings.no_repeat_ngram:
+            name += f"_norepeat{settings.no_repeat_ngram}"
+    elif settings.strategy == "sample":
+        name += f"_t{settings.temperature:g}_k{settings.top_k}_p{settings.top_p:g}"
+    if settings.flip_average:
+        name += "_flip"
+    folder, attempt = checkpoint.parent / name, 1
+    while folder.exists():
+        attempt += 1
+        folder = checkpoint.parent / f"{name}_{attempt}"
+    return folder
+
+
+def write_evaluation(folder: Path, model: TrainedModel, split: str, settings: DecodeSettings,
+                     captions: dict[str, str], references: dict[str, list[str]], scores: Scores, seconds: float,
+                     skipped: int, dataset_type: str, images: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    results = [{"image_id": image_id, "caption": caption} for image_id, caption in captions.items()]
+    atomic_write_text(folder / "captions.json", json.dumps(results, indent=1))
+    atomic_write_text(folder / "references.json", json.dumps(references, indent=1))
+    atomic_write_text(folder / "metrics.json", json.dumps(scores.overall, indent=2))
+    atomic_write_text(folder / "per_image.json", json.dumps(scores.per_image, indent=1))
+    atomic_write_text(folder / "images.json", json.dumps(images, indent=1))  # where each image is, for reviewing
+    about = {"checkpoint": str(model.source.resolve()), "split": split, "images": len(captions),
+             "images_skipped": skipped, "decoding": asdict(settings), "tokenizer": scores.tokenizer,
+             "comparable_with_papers": scores.comparable, "seconds": round(seconds, 1),
+             "dataset_type": dataset_type, "encoder": model.encoder_name,
+             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_text(folder / "evaluation.json", json.dumps(about, indent=2))
 
 
 def find_evaluation(path: Path) -> Path:

@@ -1,17 +1,27 @@
-"""A trained model read back from its checkpoint: the decoder, its vocabulary, and how its features were made."""
+"""The one place that turns a file into a trained model: a checkpoint (`best.pt`) or an exported bundle folder.
+
+    model = load_model("runs/RUN/best.pt")                 # decoder, vocabulary, how its features were made
+    model = load_model("bundle/", with_encoder=True)       # ... and the encoder, to caption images
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from captioner.models.checkpoint import load_checkpoint
 from captioner.data.vocab import Vocabulary
-from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.devices import pick_device
 from captioner.errors import CaptionerError, first_line
+from captioner.features.encoders import Encoder, build_architecture, create_encoder, get_spec
+from captioner.models.checkpoint import load_checkpoint
+from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
+
+BUNDLE_FORMAT, BUNDLE_VERSION = "captioner-bundle", 1
 
 
 @dataclass
@@ -21,58 +31,111 @@ class TrainedModel:
     encoder_name: str
     encoder_settings: dict  # image_size, weights_sha256, transform, grid: what features the decoder expects
     encoder_state: dict | None  # weights of a fine-tuned encoder; None when it was frozen
-    train_config: dict  # every training setting (dataset, encoder weights file, ...)
+    train_config: dict  # every training setting (dataset, encoder weights file, preset, decoding, ...)
     source: Path
     device: torch.device
+    encoder: Encoder | None = None  # loaded with with_encoder=True
 
     @property
     def image_size(self) -> int:
         return int(self.encoder_settings["image_size"])
 
-    @property
-    def recommended_decoding(self) -> dict[str, object]:
-        """How its training preset's models caption best (see presets.DECODING), or {} without a preset."""
-        return recommended_in(self.train_config, self.source)
 
-
-def load_trained(path: Path | str, device: str | torch.device | None = None) -> TrainedModel:
-    """The model of a checkpoint in eval mode on `device` (default: CUDA when present)."""
+def load_model(path: Path | str, device: str | torch.device | None = None, *, with_encoder: bool = False,
+               encoder_weights: Path | str | None = None) -> TrainedModel:
+    """The model of a checkpoint or bundle in eval mode on `device` (default: CUDA when present); with the
+    encoder too when asked (a checkpoint's frozen encoder comes from its registry weights, or
+    `encoder_weights`, checked to be the ones it was trained on)."""
     path = Path(path)
-    checkpoint = load_checkpoint(path)
     run_device = device if isinstance(device, torch.device) else pick_device(device)
+    if is_bundle(path):
+        return _load_bundle(path, run_device)
+    model = _load_checkpoint_model(path, run_device)
+    if with_encoder:
+        model.encoder = _registry_encoder(model, encoder_weights)
+    return model
+
+
+def _load_checkpoint_model(path: Path, device: torch.device) -> TrainedModel:
+    checkpoint = load_checkpoint(path)
     try:
-        config = DecoderConfig(**checkpoint["model_config"])
-        decoder = build_decoder(config)
+        decoder = build_decoder(DecoderConfig(**checkpoint["model_config"]))
         decoder.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CaptionerError(f"checkpoint {path} does not hold a model this captioner can rebuild: "
                              f"{first_line(error)}") from error
     vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
-    return TrainedModel(decoder.to(run_device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
-                        checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, run_device)
+    return TrainedModel(decoder.to(device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
+                        checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, device)
 
 
-def recommended_in(train_config: dict, source: Path) -> dict[str, object]:
-    """The decoding a model's training settings recommend: the one its preset stored with it, or, for a model
-    trained from a preset before presets stored theirs (session 11), the preset's current one."""
-    from captioner.training.presets import DECODING, RECOMMENDABLE
+def _registry_encoder(model: TrainedModel, encoder_weights: Path | str | None) -> Encoder:
+    weights = encoder_weights or model.train_config.get("encoder_weights")
+    encoder = create_encoder(model.encoder_name, Path(weights) if weights else None)
+    if model.encoder_state is not None:
+        encoder.load_state_dict(model.encoder_state)
+        return encoder
+    expected = model.encoder_settings.get("weights_sha256")
+    if expected and encoder.weights_sha256 != expected:
+        raise CaptionerError(f"the {model.encoder_name} weights differ from the ones {model.source} was trained on; "
+                             "pass the same encoder_weights")
+    return encoder
 
-    decoding = train_config.get("decoding") or DECODING.get(train_config.get("preset"), {})
-    unknown = sorted(set(decoding) - set(RECOMMENDABLE))
-    if unknown:
-        raise CaptionerError(f"{source} recommends decoding options this captioner does not know: {', '.join(unknown)}")
-    return dict(decoding)
+
+def trained_settings(path: Path | str) -> dict:
+    """What a checkpoint or bundle says of its training (dataset, preset, decoding), without loading its
+    weights (milliseconds: the command loads the model itself)."""
+    path = Path(path)
+    if is_bundle(path):
+        return bundle_config(path).get("trained_on", {})
+    return load_checkpoint(path, mmap=True).get("train_config", {})
 
 
-def recommended_decoding(path: Path | str) -> dict[str, object]:
-    """The decoding a checkpoint or exported bundle recommends; a clear error when it has none."""
-    from captioner.models.bundle import bundle_config, is_bundle
+# ---------------------------------------------------------------- bundles (written by models/bundle.py)
 
-    path = Path(path)  # only the settings are read: the command loads the model itself
-    settings = (bundle_config(path).get("trained_on", {}) if is_bundle(path)
-                else load_checkpoint(path, mmap=True).get("train_config", {}))
-    decoding = recommended_in(settings, path)
-    if not decoding:
-        raise CaptionerError(f"{path} was not trained with a preset, so it carries no recommended decoding; leave "
-                             "out --recommended and choose the decoding flags")
-    return decoding
+
+def is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def bundle_config(folder: Path) -> dict:
+    """The bundle's config.json, checked to be one this captioner reads."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise CaptionerError(f"{folder} is not a readable captioner bundle ({error})") from error
+    if config.get("format") != BUNDLE_FORMAT or config.get("version") != BUNDLE_VERSION:
+        raise CaptionerError(f"{folder}/config.json is not a captioner bundle of version {BUNDLE_VERSION}")
+    return config
+
+
+def _load_bundle(folder: Path, device: torch.device) -> TrainedModel:
+    """A bundle carries its encoder's weights, so its model always comes with the encoder."""
+    config = bundle_config(folder)
+    try:
+        vocab_data = json.loads((folder / "vocab.json").read_text())
+        tensors = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CaptionerError(f"{folder} is not a readable captioner bundle ({first_line(error)})") from error
+    settings = config["encoder"]
+    decoder = build_decoder(DecoderConfig(**config["decoder"]))
+    try:
+        decoder.load_state_dict(_prefixed(tensors, "decoder."))
+    except RuntimeError as error:
+        raise CaptionerError(f"{folder}/model.safetensors does not match its config.json: "
+                             f"{first_line(error)}") from error
+    encoder = build_architecture(settings["name"], settings.get("weights_sha256") or "bundle")
+    try:
+        encoder.trunk.load_state_dict(_prefixed(tensors, "encoder."))
+    except RuntimeError as error:
+        raise CaptionerError(f"{folder}/model.safetensors: its encoder weights do not fit the {settings['name']} "
+                             "encoder that config.json names (edited or mixed files?); export the model again"
+                             ) from error
+    encoder_settings = {**settings, "transform": get_spec(settings["name"]).transform_description(settings["image_size"])}
+    return TrainedModel(decoder.to(device).eval(), Vocabulary.from_dict(vocab_data, f"{folder}/vocab.json"),
+                        settings["name"], encoder_settings, None, config.get("trained_on", {}), folder, device,
+                        encoder)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}

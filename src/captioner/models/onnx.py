@@ -1,6 +1,6 @@
 """ONNX files of a trained model, for runtimes without PyTorch: the encoder, the decoder's start (initial
 state from the features) and one decoder step. A caller runs start once and step once per word, choosing
-words as captioner.decoding.strategies does.
+words as captioner/decoding/strategies.py does.
 
     encoder.onnx        pixels (B, 3, S, S) -> features (B, H*W, C)   (round to float16 as the cache does)
     decoder_start.onnx  features -> state.* tensors (names in config.json under "onnx")
@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from captioner.errors import CaptionerError
+from captioner.io import atomic_write_text
+from captioner.models.loading import TrainedModel
 
 
 class _EncoderGrid(nn.Module):
@@ -51,16 +53,16 @@ class _Step(nn.Module):
         return outputs + ((alpha,) if alpha is not None else ())
 
 
-def export_onnx(captioner, folder: Path) -> dict:
+def export_onnx(model: TrainedModel, folder: Path) -> dict:
     """Write the three ONNX files and record their input/output names in config.json; returns that record."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as error:
         raise CaptionerError("--onnx needs the onnx extras: pip install 'captioner[onnx]'") from error
-    decoder = captioner.model.decoder.float().cpu().eval()
-    size = captioner.image_size
+    decoder = model.decoder.float().cpu().eval()
+    size = model.image_size
     pixels = torch.randn(2, 3, size, size)
-    grid = _EncoderGrid(captioner.encoder.float().cpu().eval())
+    grid = _EncoderGrid(model.encoder.float().cpu().eval())
     with torch.no_grad():
         features = grid(pixels)
         example = features if decoder.uses_grid else features.mean(1)
@@ -91,7 +93,5 @@ def export_onnx(captioner, folder: Path) -> dict:
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config["onnx"] = record
-    from captioner.io import atomic_write_text
-
     atomic_write_text(config_path, json.dumps(config, indent=2))
     return record

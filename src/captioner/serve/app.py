@@ -12,13 +12,14 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from captioner.api import Captioner
-from captioner.decoding.strategies import DecodeSettings
+from captioner.decoding.settings import DecodeSettings
+from captioner.options import specs
 from captioner.images import BadImageError, open_rgb
 from captioner.serve.batcher import CaptionBatcher
 from captioner.evaluation.ratings import ASPECTS, RatingStore, summary
@@ -28,10 +29,40 @@ STATIC = Path(__file__).parent / "static"
 STATUS_OF_IMAGE_ERROR = {"not_image": 415, "too_large": 400, "undecodable": 400, "missing": 400}
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # browsers send some photos (HEIC, RAW) as octet-stream
 TRUTH = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}  # form and query spellings
+FIELDS = [spec for spec in specs(DecodeSettings) if spec.cli]  # the decoding options a request may set
+LIMITS = {"beam_size": 20, "num_captions": 10, "max_length": 60}  # what one request may ask of the shared model
 
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def settings_from_fields(fields: dict[str, str]) -> DecodeSettings:
+    """DecodeSettings from a request's form and query fields, one per decoding option (strings, as sent). By
+    default the page gets every beam (up to 10) as alternatives."""
+    options: dict[str, object] = {}
+    for spec in FIELDS:
+        text = fields.get(spec.name)
+        if text is None or text == "":
+            continue
+        if spec.kind is bool:
+            if text.lower() not in TRUTH:
+                raise ValueError(f"{spec.name}: {text!r} is not one of {', '.join(TRUTH)}")
+            options[spec.name] = TRUTH[text.lower()]
+        elif spec.kind in (int, float):
+            try:
+                options[spec.name] = spec.kind(text)
+            except ValueError:
+                raise ValueError(f"{spec.name}: not a number") from None
+        else:
+            options[spec.name] = text
+    strategy = options.get("strategy", DecodeSettings.strategy)
+    if "num_captions" not in options:
+        options["num_captions"] = min(options.get("beam_size", 3), 10) if strategy == "beam" else 1
+    if any(options.get(name, 0) > limit for name, limit in LIMITS.items()):
+        raise ValueError("beam_size is at most {beam_size}, num_captions at most {num_captions} and max_length at "
+                         "most {max_length}".format(**LIMITS))
+    return DecodeSettings(**options)
 
 
 class BodyLimit:
@@ -132,40 +163,15 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                 "grid": list(captioner.grid), "attention": captioner.uses_attention, "vocabulary": len(model.vocab),
                 "hidden_size": config.hidden_size, "source": model.source.name,
                 "trained_on": model.train_config.get("dataset_type"), "max_upload_mb": max_upload_mb,
-                "review": evaluation is not None, "recommended_decoding": model.recommended_decoding or None}
+                "review": evaluation is not None, "recommended_decoding": captioner.recommended_decoding or None}
 
     @app.post("/api/caption")
-    async def caption(request: Request, file: UploadFile = File(...), strategy: str | None = Form(None),
-                      beam_size: int | None = Form(None), num_captions: int | None = Form(None),
-                      temperature: float | None = Form(None), top_k: int | None = Form(None),
-                      top_p: float | None = Form(None), max_length: int | None = Form(None),
-                      length_penalty: float | None = Form(None), no_repeat_ngram: int | None = Form(None),
-                      flip_average: str | None = Form(None)) -> JSONResponse:
+    async def caption(request: Request, file: UploadFile = File(...)) -> JSONResponse:
         started = time.perf_counter()
-        query = request.query_params
-        options = {"strategy": strategy or query.get("strategy", "beam")}
-        for name, given, kind in (("beam_size", beam_size, int), ("num_captions", num_captions, int),
-                                  ("temperature", temperature, float), ("top_k", top_k, int), ("top_p", top_p, float),
-                                  ("max_length", max_length, int), ("length_penalty", length_penalty, float),
-                                  ("no_repeat_ngram", no_repeat_ngram, int)):
-            value = given if given is not None else query.get(name)
-            if value is not None:
-                try:
-                    options[name] = kind(value)
-                except ValueError:
-                    return error(422, f"{name}: not a number")
-        mirrored = flip_average if flip_average is not None else query.get("flip_average")
-        if mirrored is not None:
-            if mirrored.lower() not in TRUTH:
-                return error(422, f"flip_average: {mirrored!r} is not one of {', '.join(TRUTH)}")
-            options["flip_average"] = TRUTH[mirrored.lower()]
-        options.setdefault("beam_size", 3)
-        if "num_captions" not in options:  # by default every beam, up to 10
-            options["num_captions"] = min(options["beam_size"], 10) if options["strategy"] == "beam" else 1
-        if options["beam_size"] > 20 or options["num_captions"] > 10 or options.get("max_length", 30) > 60:
-            return error(422, "beam_size is at most 20, num_captions at most 10 and max_length at most 60")
+        form = await request.form()  # already read for `file`: the same parsed form
+        fields = {**request.query_params, **{key: value for key, value in form.items() if isinstance(value, str)}}
         try:
-            settings = DecodeSettings(**options)
+            settings = settings_from_fields(fields)
         except (ValueError, TypeError) as problem:
             return error(422, str(problem))
         content_type = (file.content_type or "").lower()
@@ -187,9 +193,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                          for c in result.captions],
             "grid": list(captioner.grid) if captioner.uses_attention else None,
             "image": {"width": image.width, "height": image.height},
-            "settings": {"strategy": settings.strategy, "beam_size": settings.beam_size,
-                         "length_penalty": settings.length_penalty, "no_repeat_ngram": settings.no_repeat_ngram,
-                         "temperature": settings.temperature, "flip_average": settings.flip_average},
+            "settings": {spec.name: getattr(settings, spec.name) for spec in FIELDS},
             "seconds": round(time.perf_counter() - started, 3),
         })
 

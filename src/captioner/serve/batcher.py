@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from captioner.api import Captioner, CaptionResult
-from captioner.decoding.strategies import DecodeSettings
+from captioner.decoding.settings import DecodeSettings
 
 
 @dataclass

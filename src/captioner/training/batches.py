@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from captioner.data.records import ImageRecord
+from captioner.data.records import Dataset, ImageRecord
 from captioner.data.vocab import Vocabulary, clean_caption
-from captioner.features.cache import FeatureStore
+from captioner.errors import CaptionerError
+from captioner.features.source import FeatureSource
 
 
 @dataclass
@@ -21,7 +22,7 @@ class CaptionExamples:
     missing_images: int
 
     @classmethod
-    def build(cls, records: list[ImageRecord], store: FeatureStore, vocab: Vocabulary,
+    def build(cls, records: list[ImageRecord], store: FeatureSource, vocab: Vocabulary,
               max_length: int | None = None) -> CaptionExamples:
         rows, captions, missing = [], [], 0
         for record in records:
@@ -48,13 +49,6 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Gener
     return [batches[i] for i in permutation]
 
 
-def make_batch(examples: CaptionExamples, indices: list[int], store: FeatureStore, use_grid: bool,
-               flip_mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (B, L, C) or (B, C) as stored (float16: the decoder casts them once, faster than numpy would)
-    and captions (B, T) padded with <pad>=0."""
-    return store.features(examples.rows[indices], use_grid, flip_mask), pad_captions(examples, indices)
-
-
 def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:
     """Captions (B, T) padded with <pad>=0 to the longest of the batch."""
     longest = max(len(examples.captions[i]) for i in indices)
@@ -63,3 +57,24 @@ def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:
         caption = examples.captions[index]
         captions[position, :len(caption)] = torch.tensor(caption)
     return captions
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and validates on: the dataset, its train and dev examples (images the encoder could not
+    read left out), and the dev images scored each epoch."""
+
+    dataset: Dataset
+    train: CaptionExamples
+    dev: CaptionExamples
+    dev_records: list[ImageRecord]
+
+    @classmethod
+    def build(cls, dataset: Dataset, features: FeatureSource, vocab: Vocabulary, max_length: int) -> TrainingData:
+        dev_records = [record for record in dataset.split("dev") if features.row(record.image) is not None]
+        data = cls(dataset, CaptionExamples.build(dataset.split("train"), features, vocab, max_length),
+                   CaptionExamples.build(dev_records, features, vocab, max_length), dev_records)
+        if len(data.train) == 0 or len(data.dev) == 0:
+            raise CaptionerError(f"{dataset.name}: the train and dev splits need usable captions "
+                                 f"(train {len(data.train)}, dev {len(data.dev)})")
+        return data

@@ -5,6 +5,10 @@ Each preset records the recipe behind a row of the README's results table, so a 
 
 from __future__ import annotations
 
+from captioner.decoding.recommended import DECODING  # each preset's decoding, stored with its models
+
+__all__ = ["DECODING", "PRESETS"]
+
 PRESETS: dict[str, dict[str, object]] = {
     # Soft attention with a deep output layer and word-embedding dropout on flip-augmented efficientnet_lite2
     # features, no label smoothing (0.1 scored lower on dev at every decoding setting), the first 9 epochs of a
@@ -41,18 +45,3 @@ PRESETS: dict[str, dict[str, object]] = {
         "scst_xe_references": 1,
     },
 }
-
-
-# How each preset's models caption best, stored with every model trained from the preset: `captioner caption` and
-# `captioner evaluate` use it with --recommended, `Captioner.recommended_decoding` holds it for caption(), and the
-# web page starts from it. flickr8k_best: beam 3, length penalty 1, each word's probability averaged over the image
-# and its mirror image, and no word pair twice (chosen on dev; the block also keeps out the repeated phrases of the
-# self-critical model, such as "a woman and a woman are walking down the street").
-DECODING: dict[str, dict[str, object]] = {
-    "flickr8k_best": {"strategy": "beam", "beam_size": 3, "length_penalty": 1.0, "flip_average": True,
-                      "no_repeat_ngram": 2},
-}
-
-# What a recommendation may set: each is a decoding flag of `caption` and `evaluate` and an argument of caption()
-RECOMMENDABLE = ("strategy", "beam_size", "length_penalty", "no_repeat_ngram", "max_length", "temperature", "top_k",
-                 "top_p", "flip_average")

@@ -7,20 +7,23 @@ from dataclasses import dataclass
 import torch
 from torch.optim import lr_scheduler
 
+from captioner.options import option
+
 SCHEDULER_TYPES = ("reduce_lr_on_plateau", "step", "cosine", "exponential", "one_cycle", "keep_then_decay")
+GROUP = "learning-rate schedule"
 
 
 @dataclass
 class ScheduleSettings:
-    scheduler_type: str = "reduce_lr_on_plateau"
-    scheduler_patience: int = 2
-    scheduler_factor: float = 0.5
-    scheduler_step_size: int = 5
-    scheduler_gamma: float = 0.8
-    scheduler_t_max: int | None = None
-    min_lr: float = 0.0
-    warmup_epochs: int = 1
-    keep_epochs: int = 5
+    scheduler_type: str = option("reduce_lr_on_plateau", choices=SCHEDULER_TYPES, group=GROUP)
+    scheduler_patience: int = option(2, low=0, group=GROUP)
+    scheduler_factor: float = option(0.5, above=0, group=GROUP)
+    scheduler_step_size: int = option(5, low=1, group=GROUP)
+    scheduler_gamma: float = option(0.8, above=0, group=GROUP)
+    scheduler_t_max: int | None = option(None, "cosine period in epochs (default: --epochs)", low=1, group=GROUP)
+    min_lr: float = option(0.0, low=0, group=GROUP)
+    warmup_epochs: int = option(1, "one_cycle: epochs of rising learning rate", low=0, group=GROUP)
+    keep_epochs: int = option(5, "keep_then_decay: epochs at the initial rate", low=1, group=GROUP)
 
 
 class Schedule:

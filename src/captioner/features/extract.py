@@ -1,12 +1,9 @@
-"""Run the frozen encoder once per image and cache what it sees, float16 on disk, memory-mapped when read.
+"""Run the frozen encoder once per image and cache what it sees (the FeatureStore of features/store.py).
 
-A cache folder holds `grid.npy` (N, h*w, C), `pooled.npy` (N, C) (plus `*_flip.npy` with --augment_flip)
-and `manifest.json`: encoder, weights checksum, image size, transform and the ordered image list. A cache
-whose settings differ from the current ones is refused, never silently used.
-
-Building is crash-safe: rows are written into `<folder>.partial/` and a progress file is replaced
-atomically after each batch, so an interrupted extraction resumes where it stopped; the finished folder
-appears by rename only when complete. Unreadable images are reported by name and skipped.
+Building is crash-safe: rows are written into `<folder>.partial/` and a progress file is replaced atomically
+every few seconds, so an interrupted extraction resumes where it stopped; the finished folder appears by
+rename only when complete. One process at a time builds a folder (a lock file beside it). Unreadable images
+are reported by name and skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,129 +25,18 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from captioner.devices import autocast, keep_freed_memory, pick_device
-from captioner.features.encoders import Encoder, create_encoder, get_spec
+from captioner.devices import keep_freed_memory, pick_device
 from captioner.errors import CaptionerError
+from captioner.features.encoders import Encoder, create_encoder, get_spec
+from captioner.features.pixels import encode_pixels
+from captioner.features.store import (CACHE_FORMAT, CACHE_VERSION, MANIFEST, CacheSettings, FeatureStore,
+                                      default_cache_dir, read_manifest)
 from captioner.images import BadImageError, open_rgb
 from captioner.io import atomic_write_text
+from captioner.progress import progress as progress_bar
 
-CACHE_FORMAT = "captioner-features"
-CACHE_VERSION = 1
-MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 FLUSH_EVERY_S = 2.0  # how much work an interruption may cost; flushing every batch slows small batches
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """What the cached numbers depend on; any difference makes a cache unusable."""
-
-    encoder: str
-    weights_sha256: str
-    image_size: int
-    transform: str
-    grid: tuple[int, int, int]  # (h, w, C)
-    flip: bool
-
-    def differences(self, other: dict) -> list[str]:
-        mine = json.loads(json.dumps(asdict(self)))
-        return [f"{key}: cache has {other.get(key)!r}, now {value!r}" for key, value in mine.items()
-                if other.get(key) != value]
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner")) / "features"
-
-
-def default_cache_dir(images: list[Path], settings: CacheSettings) -> Path:
-    """One folder per image collection and settings, so switching encoders never clobbers a cache."""
-    root = os.path.commonpath([str(path.parent) for path in images]) if images else "empty"
-    tag = hashlib.sha256(f"{root}|{settings.weights_sha256}|{settings.transform}".encode()).hexdigest()[:10]
-    flip = "_flip" if settings.flip else ""
-    return default_cache_root() / f"{Path(root).name}_{settings.encoder}_{settings.image_size}{flip}_{tag}"
-
-
-# ---------------------------------------------------------------- reading a finished cache
-
-
-@dataclass
-class FeatureStore:
-    """A finished cache, memory-mapped: rows are read from disk on demand, so RAM stays flat."""
-
-    folder: Path
-    settings: dict
-    images: list[str]
-    skipped: dict[str, str]
-    grid: np.ndarray  # (N, h*w, C) float16, memory-mapped
-    pooled: np.ndarray  # (N, C) float16, memory-mapped
-    grid_flip: np.ndarray | None = None
-    pooled_flip: np.ndarray | None = None
-    index: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.index = {name: row for row, name in enumerate(self.images)}
-
-    @classmethod
-    def open(cls, folder: Path) -> FeatureStore:
-        manifest = read_manifest(folder)
-        if manifest is None:
-            raise CaptionerError(f"{folder} is not a finished feature cache (no valid {MANIFEST})")
-        arrays = {}
-        for name in ("grid", "pooled", "grid_flip", "pooled_flip"):
-            path = folder / f"{name}.npy"
-            if path.exists():
-                try:
-                    arrays[name] = np.load(path, mmap_mode="r")
-                except (ValueError, OSError) as error:
-                    raise CaptionerError(f"{path} is damaged ({error}); delete {folder} to rebuild it") from error
-        rows = len(manifest["images"])
-        if "grid" not in arrays or arrays["grid"].shape[0] != rows or arrays["pooled"].shape[0] != rows:
-            raise CaptionerError(f"{folder}: feature arrays do not match its manifest; delete the folder to rebuild it")
-        return cls(folder, manifest["settings"], manifest["images"], manifest["skipped"], **arrays)
-
-    def row(self, image: Path | str) -> int | None:
-        """Row of `image`, or None if it was skipped as unreadable."""
-        key = os.path.abspath(image)
-        if key in self.skipped:
-            return None
-        try:
-            return self.index[key]
-        except KeyError:
-            raise CaptionerError(f"{image} is not in the feature cache {self.folder}") from None
-
-    def features(self, rows: np.ndarray | list[int], use_grid: bool,
-                 flip_mask: np.ndarray | None = None) -> torch.Tensor:
-        """Rows as the decoder reads them: (B, L, C) grids or (B, C) pooled, float16 as stored (the decoder
-        casts once); rows where `flip_mask` is set come from the mirrored images' features."""
-        rows = np.asarray(rows)
-        if flip_mask is not None and len(rows) and flip_mask.all():  # read the mirrored rows only
-            return torch.from_numpy(np.ascontiguousarray((self.grid_flip if use_grid else self.pooled_flip)[rows]))
-        features = np.ascontiguousarray((self.grid if use_grid else self.pooled)[rows])
-        if flip_mask is not None and flip_mask.any():
-            flipped = self.grid_flip if use_grid else self.pooled_flip
-            features[flip_mask] = flipped[rows[flip_mask]]
-        return torch.from_numpy(features)
-
-    def covers(self, images: list[Path]) -> bool:
-        return all(os.path.abspath(image) in self.index for image in images)
-
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        h, w, c = self.settings["grid"]
-        return h, w, c
-
-
-def read_manifest(folder: Path) -> dict | None:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
-        return None
-    return manifest
-
-
-# ---------------------------------------------------------------- building
 
 
 class _ImageFiles(Dataset):
@@ -316,8 +202,7 @@ def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offs
                         batch_size=batch, num_workers=num_workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     model = encoder.to(memory_format=torch.channels_last)
-    bar = tqdm(total=len(todo), unit="img", desc=f"extracting {settings.encoder}",
-                disable=None if progress else True)  # None: off when stderr is not a terminal (logs stay readable)
+    bar = progress_bar(total=len(todo), unit="img", desc=f"extracting {settings.encoder}", enabled=progress)
     last_flush = time.monotonic()
     with bar:
         for items in loader:
@@ -344,15 +229,6 @@ def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offs
                 last_flush = time.monotonic()
             bar.update(len(items))
     _flush(arrays, partial, state)
-
-
-def encode_pixels(encoder: Encoder, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized images (B, 3, S, S) -> grid (B, h*w, C) and pooled (B, C) features, float16 as cached.
-    Captioning images directly goes through here too, so it sees exactly the features training saw."""
-    with torch.inference_mode(), autocast(device):
-        grid = encoder(pixels.contiguous(memory_format=torch.channels_last)).float()  # (B, C, h, w)
-    pooled = grid.mean((2, 3))  # (B, C), in fp32 before rounding to fp16
-    return grid.flatten(2).transpose(1, 2).half(), pooled.half()
 
 
 def _write_rows(array: np.ndarray, rows: torch.Tensor, values: np.ndarray) -> None:

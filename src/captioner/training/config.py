@@ -1,0 +1,191 @@
+"""Every setting of a training run, defined once: TrainConfig's fields give the defaults, ranges and help that
+`captioner train` (and `data stats` and `extract`, for the dataset and encoder options) build their flags
+from, and the checks that refuse a wrong setting before any work."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from captioner.data.formats import DATASET_TYPES
+from captioner.errors import CaptionerError
+from captioner.features.encoders import ENCODERS
+from captioner.models.decoders import DECODER_TYPES
+from captioner.options import check, option, specs
+from captioner.training.presets import PRESETS
+from captioner.training.schedulers import ScheduleSettings
+
+DATASET, ENCODER, IMAGES = "dataset", "encoder and feature cache", "training on images instead of the feature cache"
+MODEL, OPTIMISATION, RUN = "model", "optimisation", "run"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved as run_config.json and in every checkpoint."""
+
+    dataset_type: str = option("shapes", "caption format / dataset (default: shapes, the synthetic set drawn on the "
+                                         "fly)", choices=DATASET_TYPES, group=DATASET)
+    data_dir: str | None = option(None, "dataset folder (for shapes: where to draw it; default a cache folder)",
+                                  path=True, group=DATASET)
+    captions_file: str | None = option(None, "caption file to use instead of the one found in --data_dir",
+                                       path=True, group=DATASET)
+    max_images: int | None = option(None, "use about this many images: the same share of every split, at least one "
+                                          "image of each", low=1, group=DATASET)
+    subset_fraction: float | None = option(None, "use only this share (0-1] of every split", above=0, high=1,
+                                           group=DATASET)
+    seed: int = option(42, "seed for subsets, splits and training (default 42)", group=DATASET)
+    freq_threshold: int = option(5, "keep words seen at least this often (default 5)", low=1, group=DATASET)
+    max_vocab: int | None = option(None, "cap the vocabulary at this many words, specials included", low=1,
+                                   group=DATASET)
+    encoder: str = option("efficientnet_lite0", "CNN encoder", choices=tuple(ENCODERS), group=ENCODER)
+    encoder_weights: str | None = option(None, "local .pth weights for torchvision encoders", path=True,
+                                         group=ENCODER)
+    image_size: int | None = option(None, "input side in pixels (default: the encoder's own, 224 for lite0)", low=1,
+                                    group=ENCODER)
+    cache_dir: str | None = option(None, "feature cache folder (default: one per dataset and settings under "
+                                         "~/.cache/captioner/features or $CAPTIONER_CACHE)", path=True, group=ENCODER)
+    augment_flip: bool = option(False, "also cache features of horizontally flipped images", group=ENCODER)
+    num_workers: int | None = option(None, "image-decoding worker processes (default: 0 on a CPU with 2 cores, where "
+                                           "inline decoding is faster; more with CUDA)", low=0, group=ENCODER)
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when present)", group=ENCODER)
+    fine_tune_encoder: bool = option(False, "train the encoder too (batch norm stays frozen)", group=IMAGES)
+    augment: bool = option(False, "random crop, flip and colour jitter of each image", group=IMAGES)
+    encoder_lr: float = option(1e-4, "learning rate of a fine-tuned encoder", above=0, group=IMAGES)
+    decoder: str = option("attention", "default: attention", choices=DECODER_TYPES, group=MODEL)
+    embed_size: int = option(512, low=1, group=MODEL)
+    hidden_size: int = option(512, low=1, group=MODEL)
+    attention_dim: int = option(512, low=1, group=MODEL)
+    num_layers: int = option(1, "RNN layers of lstm/gru decoders", low=1, group=MODEL)
+    drop_prob: float = option(0.5, "dropout (default 0.5)", low=0, below=1, group=MODEL)
+    image_init: str = option("input", "lstm/gru: the image is the first input (default) or the initial state",
+                             choices=("input", "state"), group=MODEL)
+    deep_output: bool = option(False, "attention: read each word from h, the attended context and the previous word "
+                                      "(Xu et al.)", group=MODEL)
+    embed_dropout: float = option(0.0, "attention: dropout on the word embeddings", low=0, below=1, group=MODEL)
+    alpha_c: float = option(1.0, "attention: doubly stochastic regularisation weight", low=0, group=MODEL)
+    epochs: int = option(10, low=0, group=OPTIMISATION)
+    batch_size: int = option(64, low=1, group=OPTIMISATION)
+    learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)
+    clip_norm: float = option(5.0, "gradient clipping norm (0: off)", low=0, group=OPTIMISATION)
+    weight_decay: float = option(0.0, low=0, group=OPTIMISATION)
+    label_smoothing: float = option(0.0, low=0, below=1, group=OPTIMISATION)
+    max_length: int = option(30, "longest caption in words (training and decoding)", low=1, group=OPTIMISATION)
+    amp: bool = option(True, "train in fp32 even where bf16 is fast", flag="--no_amp", group=OPTIMISATION)
+    use_scheduler: bool = option(False, group="learning-rate schedule")
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings, metadata={"cli": False})
+    early_stopping_patience: int | None = option(None, "stop after this many epochs without a better --best_metric",
+                                                 low=1, group=RUN)
+    best_metric: str = option("val_loss", "dev measure that picks best.pt and drives early stopping (BLEU-4/CIDEr: "
+                                          "greedy captions)", choices=("val_loss", "BLEU-4", "CIDEr"), group=RUN)
+    scst_epochs: int = option(0, "after --epochs of cross-entropy, this many epochs of self-critical training on "
+                                 "CIDEr-D", low=0, group=RUN)
+    scst_lr: float = option(2e-5, "learning rate of self-critical training", above=0, group=RUN)
+    scst_lr_decay: float = option(1.0, "multiply the self-critical learning rate by this after each self-critical "
+                                       "epoch", above=0, group=RUN)
+    # each sample's baseline is the mean of its siblings'
+    scst_samples: int = option(5, "captions sampled per image in self-critical training", low=2, group=RUN)
+    scst_xe_weight: float = option(0.0, "add this x the cross-entropy of the references to the self-critical loss "
+                                        "(0: off)", low=0, group=RUN)
+    scst_xe_references: int | None = option(None, "with --scst_xe_weight: this many randomly drawn references per "
+                                                  "image (default: all; 1 is faster)", low=1, group=RUN)
+    scst_bleu_weight: float = option(0.0, "self-critical reward: CIDEr-D + this x the sampled caption's BLEU-4 (0: "
+                                          "CIDEr-D alone)", low=0, group=RUN)
+    keep_checkpoints: int = option(2, "keep the last N model_epoch_N.pt (best.pt always)", low=1, group=RUN)
+    output_dir: str = option("runs", path=True, group=RUN)
+    bleu_images: int = option(1000, "dev images decoded greedily each epoch for BLEU", low=0, cli=False)
+    show_samples: int = option(0, "at the end, caption N held-out test images", low=0, group=RUN)
+    save_attention_viz: bool = option(False, "attention: write attention_viz_sample_K.png for fixed dev images at "
+                                             "each new best and at the end", group=RUN)
+    attention_viz_samples: int = option(3, "how many dev images to draw (default 3)", low=0, group=RUN)
+    advanced_attention_viz: bool = option(False, "also write advanced_attention_viz_sample_K.png (probabilities, "
+                                                 "entropy, overall focus)", group=RUN)
+    resume: str | None = option(None, "checkpoint to continue from, up to --epochs in all", path=True, group=RUN)
+    # --model_path: more epochs were asked for, so early stopping counts afresh
+    restart_patience: bool = option(False, cli=False)
+    preset: str | None = option(None, "a named recipe (see the README's results table); options given explicitly "
+                                      "override it", choices=tuple(sorted(PRESETS)), group=RUN)
+    # how the preset's models caption best (decoding.recommended), kept by continued runs: what `captioner
+    # caption/evaluate --recommended`, Captioner.recommended_decoding and the web page use
+    decoding: dict | None = option(None, cli=False)
+
+    @classmethod
+    def from_namespace(cls, args: object) -> TrainConfig:
+        names = {spec.name for spec in specs(cls)} - {"schedule"}
+        values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+        values = {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+        schedule = {f.name: getattr(args, f.name) for f in fields(ScheduleSettings)
+                    if getattr(args, f.name, None) is not None}
+        return cls(**values, schedule=ScheduleSettings(**schedule))
+
+    def run_name(self) -> str:
+        schedule = self.schedule.scheduler_type if self.use_scheduler else "const"
+        scst = f"_scst{self.scst_epochs}" if self.scst_epochs else ""
+        return (f"{self.dataset_type}_{self.decoder}_ep{self.epochs}_bs{self.batch_size}_lr{self.learning_rate:.0e}"
+                f"_{schedule}{scst}").replace("e-0", "e-")
+
+
+# Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
+STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size", "attention_dim", "num_layers",
+             "image_init")
+
+
+def check_options(config: TrainConfig) -> None:
+    """Settings that are wrong on their own, whatever the data: refused before any work."""
+    try:
+        check(config, prefix="--")
+        check(config.schedule, prefix="--")
+    except ValueError as error:
+        raise CaptionerError(str(error)) from None
+    if config.epochs + config.scst_epochs < 1:
+        raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
+    if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
+        given = "--save_attention_viz" if config.save_attention_viz else "--advanced_attention_viz"
+        raise CaptionerError(f"{given} needs --decoder attention; the {config.decoder} decoder has no "
+                             "attention to draw")
+
+
+# options that only some decoders read
+DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
+                        "alpha_c": ("attention",), "attention_viz_samples": ("attention",),
+                        "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
+
+
+def ignored_options(config: TrainConfig) -> list[str]:
+    """Options set away from their defaults that the chosen decoder does not read (the flickr8k_best preset sets
+    some for the attention decoder), so that a run with --decoder lstm says so instead of silently dropping them."""
+    defaults = {spec.name: spec.default for spec in specs(TrainConfig)}
+    return [f"--{name}" for name, readers in DECODER_ONLY_OPTIONS.items()
+            if config.decoder not in readers and getattr(config, name) != defaults[name]]
+
+
+def unused_schedule_options(config: TrainConfig) -> list[str]:
+    """Schedule settings given without --use_scheduler, which alone switches the schedule on."""
+    if config.use_scheduler:
+        return []
+    defaults = ScheduleSettings()
+    return [f"--{option.name}" for option in fields(ScheduleSettings)
+            if getattr(config.schedule, option.name) != getattr(defaults, option.name)]
+
+
+SIDED_WARNING_SHARE = 0.05  # Flickr8k: 0.4% of the captions; the synthetic shapes: about 10%
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def sided_share(records: list) -> float:
+    """The share of captions naming a side, which a mirrored image turns into a wrong description."""
+    captions = [text for record in records for text in record.captions]
+    return sum(bool(_SIDES.search(text)) for text in captions) / max(len(captions), 1)
+
+
+def plain_settings(config: TrainConfig) -> dict:
+    """The settings as builtins only, so checkpoints load with weights_only=True."""
+    return _plain(asdict(config))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)

@@ -1,0 +1,136 @@
+"""Everything a Trainer is handed, built from a TrainConfig: data and vocabulary, the feature source, the
+decoder, optimizer, schedule and objectives; then, for --resume and --model_path, the trainer is put back
+where its checkpoint left it.
+
+    trainer = build_trainer(TrainConfig(dataset_type="flickr8k", ...))
+    run_folder = trainer.run()
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captioner.data.formats import load_dataset
+from captioner.data.records import Dataset
+from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
+from captioner.devices import keep_freed_memory, pick_device
+from captioner.errors import CaptionerError
+from captioner.features.extract import extract_features
+from captioner.features.live import LiveFeatures
+from captioner.features.source import FeatureSource
+from captioner.models.checkpoint import load_checkpoint
+from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
+from captioner.training.batches import TrainingData
+from captioner.training.config import TrainConfig, check_options
+from captioner.training.distributed import start_processes
+from captioner.training.objectives import CrossEntropy
+from captioner.training.resume import check_not_finished, restore
+from captioner.training.rundir import remove_temporaries
+from captioner.training.schedulers import Schedule
+from captioner.training.self_critical import SelfCritical
+from captioner.training.trainer import Trainer
+
+
+def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trainer:
+    check_options(config)  # before minutes of feature extraction, not after
+    parent = load_checkpoint(config.resume) if config.resume else None
+    processes, device = start_processes(config.device)
+    device = device or pick_device(config.device)
+    keep_freed_memory()
+    if parent is not None:
+        if processes.is_main:
+            remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
+        check_not_finished(config, parent)  # before the data and features, too
+    dataset = load_dataset(config.dataset_type, config.data_dir, captions_file=config.captions_file, seed=config.seed,
+                           max_images=config.max_images, subset_fraction=config.subset_fraction)
+    vocab = vocabulary(config, dataset, parent)
+    if not processes.is_main:
+        processes.barrier()  # the main process builds the feature cache; the others then read it
+    features = feature_source(config, dataset, device)
+    if processes.is_main:
+        processes.barrier()
+    data = TrainingData.build(dataset, features, vocab, config.max_length)
+    model_config = decoder_config(config, vocab, features)
+    # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers, and the
+    # same seed must give the same run whether or not the cache existed.
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    decoder = build_decoder(model_config).to(device)
+    optimizer = make_optimizer(config, decoder, features, device)
+    steps = math.ceil(len(data.train) / config.batch_size)
+    schedule = Schedule(optimizer, config.schedule, config.epochs, steps) if config.use_scheduler else None
+    objective = CrossEntropy(vocab.pad_id, config.label_smoothing, config.alpha_c)
+    if config.scst_epochs and processes.distributed:
+        raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
+                             "torchrun, then continue with --resume and --scst_epochs without it")
+    self_critical = self_critical_objective(config, dataset, features, vocab) if config.scst_epochs else None
+    trainer = Trainer(config, decoder, model_config, vocab, data, features, optimizer, schedule, objective,
+                      self_critical, processes, device, command or sys.argv)
+    if parent is not None:
+        restore(trainer, parent)
+    trainer.wrap_for_processes()
+    return trainer
+
+
+def vocabulary(config: TrainConfig, dataset: Dataset, parent: dict | None) -> Vocabulary:
+    """The checkpoint's vocabulary when going on from one, else built from the training captions."""
+    if parent is not None:
+        return Vocabulary.from_dict(parent["vocab"], f"checkpoint {config.resume}")
+    tokens = (clean_caption(text) for record in dataset.split("train") for text in record.captions)
+    vocab = Vocabulary.build(tokens, config.freq_threshold, config.max_vocab)
+    if len(vocab) <= len(SPECIALS):
+        raise CaptionerError(f"the vocabulary would hold only {', '.join(SPECIALS)}: no word of the training "
+                             f"captions occurs --freq_threshold {config.freq_threshold} times; lower it")
+    return vocab
+
+
+def feature_source(config: TrainConfig, dataset: Dataset, device: torch.device) -> FeatureSource:
+    """The feature cache (built or extended as needed), or the encoder run on the images when fine-tuning or
+    augmenting."""
+    images = [record.image for record in dataset.records if record.split in ("train", "dev", "test")]
+    weights = Path(config.encoder_weights) if config.encoder_weights else None
+    if config.fine_tune_encoder or config.augment:
+        if config.augment_flip:
+            raise CaptionerError("--augment_flip caches flipped features; with --augment/--fine_tune_encoder "
+                                 "images are flipped on the fly, so leave --augment_flip out")
+        return LiveFeatures(images, config.encoder, weights, config.image_size, augment=config.augment,
+                            fine_tune=config.fine_tune_encoder, device=device, amp=config.amp)
+    return extract_features(images, config.encoder, image_size=config.image_size,
+                            cache_dir=Path(config.cache_dir) if config.cache_dir else None, flip=config.augment_flip,
+                            weights=weights, num_workers=config.num_workers, device=config.device)
+
+
+def decoder_config(config: TrainConfig, vocab: Vocabulary, features: FeatureSource) -> DecoderConfig:
+    _, _, channels = features.grid_shape
+    return DecoderConfig(config.decoder, len(vocab), channels, config.embed_size, config.hidden_size,
+                         config.attention_dim, config.num_layers, config.drop_prob, config.image_init,
+                         config.deep_output, config.embed_dropout)
+
+
+def make_optimizer(config: TrainConfig, decoder: Decoder, features: FeatureSource,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """Adam over the decoder (and a fine-tuned encoder, at its own rate); fused: one kernel for all parameters
+    instead of a dozen passes over each."""
+    groups = [{"params": list(decoder.parameters())}]
+    if isinstance(features, LiveFeatures) and features.fine_tune:
+        groups.append({"params": features.parameters(), "lr": config.encoder_lr})
+    return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
+                            fused=device.type in ("cpu", "cuda"))
+
+
+def self_critical_objective(config: TrainConfig, dataset: Dataset, features: FeatureSource,
+                            vocab: Vocabulary) -> SelfCritical:
+    references = {}
+    for record in dataset.split("train"):
+        row = features.row(record.image)
+        if row is not None:
+            references[row] = [clean_caption(text)[: config.max_length] for text in record.captions]
+    return SelfCritical(references, vocab, config.scst_samples, config.scst_bleu_weight)
+
