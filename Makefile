@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/shapes
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The full fault sets (training and extraction killed at 10 moments each): a few minutes more.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # Speed on this machine (needs ../shared/data/flickr8k); MODEL=runs/RUN/best.pt adds decoding and serving.
 bench: $(STAMP)

@@ -86,3 +86,23 @@ def test_a_checkpoint_from_another_setup_cannot_be_resumed(change: dict, message
     captured = capsys.readouterr()
     assert code == 2 and message in captured.err and "Traceback" not in captured.err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+class NotPlain:  # what an unsafe pickle holds
+    pass
+
+
+def test_what_is_wrong_is_said_in_our_words_and_pytorchs_text_only_with_verbose(tiny_checkpoint: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    expected = {"truncated": "cut short", "zeroed": "only zero bytes", "empty": "empty", "a PNG": "a PNG image",
+                "another program's": "is not a captioner checkpoint"}
+    for kind, path in damaged_checkpoints(tiny_checkpoint, tmp_path).items():
+        assert main(["evaluate", "--model_path", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert expected[kind] in err and "weights_only" not in err and "PyTorch 2.6" not in err, (kind, err)
+    torch.save({"format": "captioner-checkpoint", "thing": NotPlain()}, tmp_path / "pickled.pt")
+    assert main(["evaluate", "--model_path", str(tmp_path / "pickled.pt")]) == 2
+    assert "other than tensors and plain values" in capsys.readouterr().err
+    assert main(["evaluate", "--model_path", str(tmp_path / "a_PNG.pt"), "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "beneath it: UnpicklingError" in err and "Traceback" in err  # PyTorch's own words, when asked for

@@ -18,7 +18,8 @@ import torch
 from captioner.models.checkpoint import load_checkpoint
 from captioner.data.shapes import generate_shapes
 
-KILL_POINTS = 10
+# the default run kills at a few moments; the full set runs under -m slow (make test-slow, which CI runs too)
+KILL_POINTS = [pytest.param(3, id="3 kills"), pytest.param(10, id="10 kills", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,9 @@ def assert_nothing_half_written(run: Path) -> None:
             assert path.read_text().endswith("\n"), path
 
 
-def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_points", KILL_POINTS)
+def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path, tmp_path: Path,
+                                                                     kill_points: int) -> None:
     cache = tmp_path / "cache"
     # build the feature cache first, so the timed run (and every later one) is training alone
     built = subprocess.run([sys.executable, "-m", "captioner", "extract", "--dataset_type", "shapes", "--data_dir",
@@ -70,7 +73,7 @@ def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path,
     expected = load_checkpoint(whole_run / "model_epoch_3.pt")["model"]
     chooser = random.Random(5)
     kills = 0
-    for point in range(KILL_POINTS):
+    for point in range(kill_points):
         output = tmp_path / f"killed_{point}"
         process = subprocess.Popen(train_arguments(data, cache, output), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -94,7 +97,7 @@ def test_training_killed_at_many_moments_resumes_to_the_same_weights(data: Path,
             assert torch.equal(weights[name], value), (point, name)
         if resume is not None:
             assert not list(resume.parent.glob(".*.tmp")), "resuming cleans the killed run's temporary files"
-    assert kills >= KILL_POINTS - 1, "most runs should have been killed before they finished"
+    assert kills >= kill_points - 1, "most runs should have been killed before they finished"
 
 
 def test_killed_while_writing_a_checkpoint(data: Path, tmp_path: Path) -> None:
@@ -129,7 +132,9 @@ def test_killed_while_writing_a_checkpoint(data: Path, tmp_path: Path) -> None:
     assert not list(run.glob(".*.tmp"))
 
 
-def test_extraction_killed_at_many_moments_resumes_to_the_same_cache(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_points", KILL_POINTS)
+def test_extraction_killed_at_many_moments_resumes_to_the_same_cache(data: Path, tmp_path: Path,
+                                                                     kill_points: int) -> None:
     def extract(cache: Path) -> list[str]:
         return [sys.executable, "-m", "captioner", "extract", "--dataset_type", "shapes", "--data_dir", str(data),
                 "--encoder", "efficientnet_lite0_random", "--image_size", "96", "--cache_dir", str(cache),
@@ -142,7 +147,7 @@ def test_extraction_killed_at_many_moments_resumes_to_the_same_cache(data: Path,
     manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     chooser = random.Random(9)
     cache = tmp_path / "killed"
-    for _ in range(KILL_POINTS):
+    for _ in range(kill_points):
         process = subprocess.Popen(extract(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(chooser.uniform(0.3, 0.9) * duration)
         process.send_signal(signal.SIGKILL)

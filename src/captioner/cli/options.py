@@ -16,7 +16,7 @@ from captioner.options import Spec, specs
 
 # the dataset and encoder options `data stats` and `extract` share with `train` (TrainConfig's fields)
 DATASET_OPTIONS = ("dataset_type", "data_dir", "captions_file", "max_images", "subset_fraction", "seed",
-                   "freq_threshold", "max_vocab")
+                   "freq_threshold", "max_vocab", "min_region_area")
 ENCODER_OPTIONS = ("encoder", "encoder_weights", "image_size", "cache_dir", "augment_flip", "num_workers", "device")
 
 
@@ -102,7 +102,8 @@ def load_dataset_from_args(args: argparse.Namespace):
     from captioner.data.formats import load_dataset
 
     return load_dataset(args.dataset_type, args.data_dir, captions_file=args.captions_file, seed=args.seed,
-                        max_images=args.max_images, subset_fraction=args.subset_fraction)
+                        max_images=args.max_images, subset_fraction=args.subset_fraction,
+                        min_region_area=args.min_region_area)
 
 
 # ---------------------------------------------------------------- decoding

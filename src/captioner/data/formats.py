@@ -9,9 +9,10 @@ from pathlib import Path
 from captioner.data.layouts import find_karpathy_json, load_coco, load_flickr_style, load_karpathy
 from captioner.data.records import Dataset, LoadReport, take_subset
 from captioner.data.shapes import load_shapes
+from captioner.data.visual_genome import DEFAULT_MIN_REGION_AREA, load_visual_genome
 from captioner.errors import CaptionerError
 
-DATASET_TYPES = ("flickr8k", "flickr30k", "coco", "karpathy", "csv", "shapes")
+DATASET_TYPES = ("flickr8k", "flickr30k", "coco", "karpathy", "csv", "visual_genome", "shapes")
 
 
 def load_dataset(
@@ -22,10 +23,12 @@ def load_dataset(
     seed: int = 0,
     max_images: int | None = None,
     subset_fraction: float | None = None,
+    min_region_area: float = DEFAULT_MIN_REGION_AREA,
 ) -> Dataset:
     """Read any supported dataset folder; `captions_file` overrides the caption file found by layout, and
-    `max_images` / `subset_fraction` keep the same seeded share of every split for quick runs."""
-    dataset = _load_full(dataset_type, data_dir, captions_file, seed)
+    `max_images` / `subset_fraction` keep the same seeded share of every split for quick runs.
+    `min_region_area`: Visual Genome regions covering less of their image are not captions of it."""
+    dataset = _load_full(dataset_type, data_dir, captions_file, seed, min_region_area)
     if max_images is None and subset_fraction is None:
         return dataset
     try:
@@ -42,7 +45,7 @@ def default_data_dir(dataset_type: str) -> Path:
 
 
 def _load_full(dataset_type: str, data_dir: Path | str | None, captions_file: Path | str | None,
-               seed: int) -> Dataset:
+               seed: int, min_region_area: float) -> Dataset:
     if dataset_type not in DATASET_TYPES:
         raise CaptionerError(f"unknown --dataset_type {dataset_type!r}; choose one of {', '.join(DATASET_TYPES)}")
     if dataset_type == "shapes":
@@ -62,6 +65,8 @@ def _load_full(dataset_type: str, data_dir: Path | str | None, captions_file: Pa
     report = LoadReport()
     if dataset_type == "coco":
         return load_coco(root, report)
+    if dataset_type == "visual_genome":
+        return load_visual_genome(root, report, seed, min_region_area)
     if dataset_type == "karpathy":
         return load_karpathy(explicit or find_karpathy_json(root), root, report)
     return load_flickr_style(dataset_type, root, explicit, report, seed)

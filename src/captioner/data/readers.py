@@ -106,7 +106,7 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return next((header.index(name) for name in names if name in header), None)
 
 
-def _load_json(path: Path) -> object:
+def load_json(path: Path) -> object:
     try:
         with open(path, "rb") as handle:
             return json.loads(handle.read().decode("utf-8-sig"))
@@ -117,7 +117,7 @@ def _load_json(path: Path) -> object:
 
 def read_karpathy_json(path: Path, report: LoadReport) -> Iterator[tuple[Caption, str]]:
     """Karpathy's dataset_*.json: yields ((image key, caption, where), split)."""
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(path, None, 'a Karpathy split file {"images": [{"filename", "split", "sentences"}]}')
     for index, image in enumerate(data["images"]):
@@ -143,7 +143,7 @@ def read_karpathy_json(path: Path, report: LoadReport) -> Iterator[tuple[Caption
 
 def read_coco_json(path: Path, report: LoadReport) -> Iterator[Caption]:
     """COCO `captions_*.json`: images [{id, file_name}] and annotations [{image_id, caption}]."""
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list) \
             or not isinstance(data.get("images"), list):
         raise DatasetFormatError(path, None, 'COCO captions {"images": [...], "annotations": [...]}')

@@ -11,6 +11,7 @@ import torch
 
 from captioner.data.formats import load_dataset
 from captioner.data.records import ImageRecord
+from captioner.data.visual_genome import DEFAULT_MIN_REGION_AREA
 from captioner.decoding.settings import DecodeSettings
 from captioner.decoding.strategies import decode
 from captioner.devices import keep_freed_memory
@@ -80,7 +81,9 @@ def split_records(model: TrainedModel, split: str, dataset_type: str | None, dat
     same_dataset = dataset_type == trained.get("dataset_type")
     data_dir = data_dir or (trained.get("data_dir") if same_dataset else None)
     captions_file = captions_file or (trained.get("captions_file") if same_dataset else None)
-    dataset = load_dataset(dataset_type, data_dir, captions_file=captions_file, seed=trained.get("seed", 42))
+    dataset = load_dataset(dataset_type, data_dir, captions_file=captions_file, seed=trained.get("seed", 42),
+                           min_region_area=trained.get("min_region_area", DEFAULT_MIN_REGION_AREA) if same_dataset
+                           else DEFAULT_MIN_REGION_AREA)
     records = [r for r in dataset.split(split) if r.captions]
     if not records:
         raise CaptionerError(f"{dataset_type} has no {split} images with captions "

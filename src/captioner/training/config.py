@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from captioner.data.formats import DATASET_TYPES
+from captioner.data.visual_genome import DEFAULT_MIN_REGION_AREA
 from captioner.errors import CaptionerError
 from captioner.features.encoders import ENCODERS
 from captioner.models.decoders import DECODER_TYPES
@@ -38,6 +39,9 @@ class TrainConfig:
     freq_threshold: int = option(5, "keep words seen at least this often (default 5)", low=1, group=DATASET)
     max_vocab: int | None = option(None, "cap the vocabulary at this many words, specials included", low=1,
                                    group=DATASET)
+    min_region_area: float = option(DEFAULT_MIN_REGION_AREA, "visual_genome: keep the region descriptions covering at least this share "
+                                         "of their image (default 0.3: those read like captions of the whole image)",
+                                    low=0, high=1, group=DATASET)
     encoder: str = option("efficientnet_lite0", "CNN encoder", choices=tuple(ENCODERS), group=ENCODER)
     encoder_weights: str | None = option(None, "local .pth weights for torchvision encoders", path=True,
                                          group=ENCODER)

@@ -48,7 +48,8 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
             remove_temporaries(Path(config.resume).parent)  # left by a kill in the middle of an atomic write
         check_not_finished(config, parent)  # before the data and features, too
     dataset = load_dataset(config.dataset_type, config.data_dir, captions_file=config.captions_file, seed=config.seed,
-                           max_images=config.max_images, subset_fraction=config.subset_fraction)
+                           max_images=config.max_images, subset_fraction=config.subset_fraction,
+                           min_region_area=config.min_region_area)
     vocab = vocabulary(config, dataset, parent)
     if not processes.is_main:
         processes.barrier()  # the main process builds the feature cache; the others then read it

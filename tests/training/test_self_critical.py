@@ -6,9 +6,9 @@ import io
 import pytest
 import torch
 
-from captioner.training.cider_reward import CiderD
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoders import DecoderConfig, build_decoder
+from captioner.training.cider_reward import CiderD
 from captioner.training.self_critical import SelfCritical, draw
 
 REFERENCES = {

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import captioner.training.distributed as distributed
-from captioner.models.checkpoint import load_checkpoint
 from captioner.data.shapes import generate_shapes
+from captioner.models.checkpoint import load_checkpoint
 from captioner.training.distributed import Processes, collective_device
 
 

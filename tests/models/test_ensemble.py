@@ -7,7 +7,7 @@ import torch
 
 from captioner.decoding.strategies import beam_search, greedy
 from captioner.models.ensemble import Averaged
-from tests.test_decoding import VOCAB, features, model
+from tests.decoding.test_strategies import VOCAB, features, model
 
 
 @pytest.mark.parametrize("kind", ["attention", "lstm"])
