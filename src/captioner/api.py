@@ -26,6 +26,7 @@ from captioner.decoding.recommended import recommended_in
 from captioner.decoding.settings import DecodeSettings, settings_from
 from captioner.decoding.strategies import Decoded, decode
 from captioner.devices import keep_freed_memory
+from captioner.errors import CaptionerError
 from captioner.features.pixels import EncodedImages
 from captioner.images import BadImageError, open_rgb
 from captioner.models.loading import TrainedModel, load_model
@@ -49,6 +50,7 @@ class CaptionResult:
     captions: list[Caption] = field(default_factory=list)
     error: str | None = None  # why the image could not be captioned (unreadable, not an image, ...)
     size: tuple[int, int] | None = None  # (width, height) of the image as read, EXIF rotation applied
+    tags: list[tuple[str, float]] = field(default_factory=list)  # (concept, probability), likeliest first
 
     @property
     def text(self) -> str | None:
@@ -119,6 +121,43 @@ class Captioner:
         settings = settings_from(decoding)
         return [result for batch in self.caption_batches(images, settings, batch_size) for result in batch]
 
+    @property
+    def can_tag(self) -> bool:
+        return self.model.decoder.concept_head is not None and self.model.concepts is not None
+
+    def tag(self, images: ImageInput | Iterable[ImageInput], top_k: int = 10, threshold: float | None = None,
+            batch_size: int | None = None) -> list[CaptionResult]:
+        """The concepts each image shows, as `tags`: (concept, probability) pairs, the `top_k` likeliest (those
+        at `threshold` or above, with a threshold); no captions are written."""
+        self.check_tagging(top_k, threshold)
+        results = []
+        for batch in _batches(expand_inputs(images), batch_size or self.default_batch_size):
+            opened, features = self._read_and_encode(batch, mirrored_too=False)
+            if features is not None:
+                readable = [result for result, pixels in opened if pixels is not None]
+                self._fill_tags(readable, features, top_k, threshold)
+            results += [result for result, _ in opened]
+        return results
+
+    def check_tagging(self, top_k: int = 10, threshold: float | None = None) -> None:
+        """A clear error for a model without a concept head, or a top_k or threshold out of range."""
+        if not self.can_tag:
+            raise CaptionerError(f"{self.model.source} has no concept head, so it cannot tag images (it was trained "
+                                 "before concepts, or with --num_concepts 0); train a model with concepts, or "
+                                 "caption instead")
+        if top_k < 1 or (threshold is not None and not 0 <= threshold <= 1):
+            raise ValueError("top_k must be at least 1 and threshold in [0, 1]")
+
+    def _fill_tags(self, results: list[CaptionResult], features: torch.Tensor, top_k: int = 10,
+                   threshold: float | None = None) -> None:
+        with torch.no_grad():
+            probabilities = torch.sigmoid(self.model.decoder.concept_logits(features)).cpu()
+        values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        concepts = self.model.concepts.concepts
+        for result, row_values, row_indices in zip(results, values.tolist(), indices.tolist()):
+            result.tags = [(concepts[index], round(value, 4)) for value, index in zip(row_values, row_indices)
+                           if threshold is None or value >= threshold]
+
     def caption_batches(self, images: ImageInput | Iterable[ImageInput], settings: DecodeSettings,
                         batch_size: int | None = None) -> Iterator[list[CaptionResult]]:
         """The results of caption(), one batch at a time as each is done (for progress bars and streaming)."""
@@ -126,24 +165,37 @@ class Captioner:
             yield self.caption_batch(batch, settings)
 
     def caption_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings) -> list[CaptionResult]:
-        # JPEG decoding, resizing and normalizing release the GIL: the batch's images are read on all cores at
-        # once, while the encoder and decoder wait (reading them *during* the encoder's work only slows it
-        # down, measured). The threads run no torch (see EncoderSpec.pixels).
+        """Captions of one batch of (name, image); with the model's ten likeliest tags where it has a concept head."""
+        opened, features = self._read_and_encode(batch, mirrored_too=settings.flip_average)
+        if features is not None:
+            readable = [result for result, pixels in opened if pixels is not None]
+            for result, decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
+                result.captions = [self._caption(d) for d in decoded]
+            if self.can_tag:
+                self._fill_tags(readable, features[:, 0] if settings.flip_average else features)
+        return [result for result, _ in opened]
+
+    def _read_and_encode(self, batch: list[tuple[str, ImageInput]], mirrored_too: bool
+                         ) -> tuple[list[tuple[CaptionResult, np.ndarray | None]], torch.Tensor | None]:
+        """Each image's result and pixels (None where unreadable), and the readable images' features ((B, 2, ...)
+        with the mirror images' when `mirrored_too`); None when no image could be read.
+
+        JPEG decoding, resizing and normalizing release the GIL: the batch's images are read on all cores at
+        once, while the encoder and decoder wait (reading them *during* the encoder's work only slows it
+        down, measured). The threads run no torch (see EncoderSpec.pixels)."""
         if len(batch) > 1:  # a pool per batch: cheap next to the batch, and nothing to leak or carry over a fork
             with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="read") as pool:
                 opened = list(pool.map(self._open, batch))
         else:
             opened = [self._open(item) for item in batch]
-        results = [result for result, _ in opened]
-        readable = [(result, pixels) for result, pixels in opened if pixels is not None]
-        if readable:
-            source = self._source(torch.from_numpy(np.stack([pixels for _, pixels in readable])))
-            rows = list(range(len(readable)))
-            features = (source.both_views(rows, self.uses_attention) if settings.flip_average
-                        else source.features(rows, self.uses_attention))
-            for (result, _), decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
-                result.captions = [self._caption(d) for d in decoded]
-        return results
+        pixels = [pixels for _, pixels in opened if pixels is not None]
+        if not pixels:
+            return opened, None
+        source = self._source(torch.from_numpy(np.stack(pixels)))
+        rows = list(range(len(pixels)))
+        features = (source.both_views(rows, self.uses_attention) if mirrored_too
+                    else source.features(rows, self.uses_attention))
+        return opened, features
 
     def _open(self, item: tuple[str, ImageInput]) -> tuple[CaptionResult, np.ndarray | None]:
         """The image's result (with `error` set if it cannot be read) and its encoder input (3, S, S)."""

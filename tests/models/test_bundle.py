@@ -20,13 +20,14 @@ def images(checkpoint: Path, count: int = 12) -> list[Path]:
 def test_the_bundle_gives_the_checkpoint_captions_exactly(tiny_checkpoint: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 0
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["concepts.json", "config.json", "model.safetensors", "vocab.json"]
     config = json.loads((bundle / "config.json").read_text())
     assert config["encoder"]["name"] == "tiny_random" and config["decoder"]["decoder"] == "attention"
     original = Captioner.load(tiny_checkpoint).caption(images(tiny_checkpoint), num_captions=3)
     exported = Captioner.load(bundle).caption(images(tiny_checkpoint), num_captions=3)
     assert [[c.text for c in r.captions] for r in exported] == [[c.text for c in r.captions] for r in original]
     assert [r.score for r in exported] == [r.score for r in original]
+    assert [r.tags for r in exported] == [r.tags for r in original] and original[0].tags  # the bundle keeps the head
     assert main(["export", "--model_path", str(tiny_checkpoint), "--output", str(bundle)]) == 2  # never overwrites
     # the bundle keeps the model's recommended decoding, for the API, the page and `caption --recommended`
     assert Captioner.load(bundle).recommended_decoding == Captioner.load(tiny_checkpoint).recommended_decoding != {}

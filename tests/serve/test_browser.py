@@ -62,6 +62,8 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     words = caption.find_elements(By.CSS_SELECTOR, ".word")
     assert words and caption.text.strip()
     assert browser.find_element(By.ID, "photo").get_attribute("alt") == caption.text.strip()
+    tags = browser.find_elements(By.CSS_SELECTOR, "#tags .tag")  # the concepts under the caption
+    assert len(tags) == 10 and all(tag.text.endswith("%") for tag in tags)
     webdriver.ActionChains(browser).move_to_element(words[0]).perform()
     wait.until(lambda d: d.find_element(By.ID, "overlay").get_attribute("data-drawn") == "true")
     painted = browser.execute_script(

@@ -206,3 +206,18 @@ def test_mixed_cross_entropy_on_some_references_per_image(shapes: Path, tmp_path
     assert history(trainer.run())[1]["objective"] == "self-critical"
     with pytest.raises(CaptionerError, match="--scst_xe_references 0"):
         build_trainer(small(shapes, tmp_path, **options, scst_xe_references=0), ["captioner"])
+
+
+def test_the_concept_head_leaves_the_captions_training_as_it_was(shapes: Path, tmp_path: Path) -> None:
+    """The head has parameters, a loss, a clipping and random numbers of its own: the decoder trains bit for bit
+    as it does without one, so a recipe's results hold with or without tags."""
+    options = dict(epochs=2, max_images=30, augment_flip=True)
+    with_head = build_trainer(small(shapes, tmp_path / "a", **options, num_concepts=20), ["captioner"]).run()
+    without = build_trainer(small(shapes, tmp_path / "b", **options, num_concepts=0), ["captioner"]).run()
+    tagged, plain = load_checkpoint(with_head / "best.pt"), load_checkpoint(without / "best.pt")
+    assert 0 < len(tagged["concepts"]["concepts"]) <= 20 and plain["concepts"] is None
+    assert {k for k in tagged["model"] if k.startswith("concept_head.")} and not any(
+        k.startswith("concept_head.") for k in plain["model"])
+    for name, value in plain["model"].items():
+        assert torch.equal(tagged["model"][name], value), name
+    assert [e["train_loss"] for e in history(with_head)] == [e["train_loss"] for e in history(without)]

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 def format_results(results: list, style: str) -> str:
     if style == "json":
         rows = [{"image": r.image, "captions": [{"text": c.text, "score": c.score} for c in r.captions],
+                 **({"tags": [{"tag": tag, "probability": p} for tag, p in r.tags]} if r.tags else {}),
                  **({"error": r.error} if r.error else {})} for r in results]
         return json.dumps(rows, indent=2) + "\n"
     if style == "csv":

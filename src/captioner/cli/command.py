@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from captioner.cli import caption, data, evaluate, export, extract, serve, train, visualize
+from captioner.cli import caption, data, evaluate, export, extract, serve, tag, train, visualize
 from captioner.errors import CaptionerError
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.subcommand_parsers = {"train": train.add_command(subcommands),
                                  "evaluate": evaluate.add_command(subcommands),
                                  "caption": caption.add_command(subcommands)}
+    tag.add_command(subcommands)
     visualize.add_command(subcommands)
     export.add_command(subcommands)
     serve.add_commands(subcommands)

@@ -54,5 +54,17 @@ def run(args: argparse.Namespace) -> int:
           + (f", no {settings.no_repeat_ngram}-gram twice" if beam and settings.no_repeat_ngram else "")
           + (", averaged with the mirror images" if settings.flip_average else "") + f", {result.seconds:.0f} s")
     print(result.scores.table())
+    if result.tags:
+        print(tags_table(result.tags))
     print(f"evaluation folder: {result.folder}")
     return 0
+
+
+def tags_table(tags: dict) -> str:
+    """The tag scores, the concept head's beside those of the caption's own words."""
+    lines = ["tags (x100)                                  mAP     P@5     R@5"]
+    for agreement, by_source in tags.items():
+        for source, values in by_source.items():
+            lines.append(f"{source + ', ' + agreement:<42} {values['mAP']:>6.2f}  {values['P@5']:>6.2f}  "
+                         f"{values['R@5']:>6.2f}")
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.data.formats import load_dataset
@@ -18,6 +19,7 @@ from captioner.devices import keep_freed_memory
 from captioner.errors import CaptionerError
 from captioner.evaluation.folder import RATINGS_FILE, default_output_dir, write_evaluation
 from captioner.evaluation.metrics import Scores, score_captions
+from captioner.evaluation.tags import tag_scores
 from captioner.features.extract import extract_features
 from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
@@ -31,6 +33,7 @@ class EvaluationResult:
     scores: Scores
     captions: dict[str, str]  # image id -> caption
     seconds: float
+    tags: dict | None = None  # tag_scores(): the concept head's tags and the caption's words, x100
 
 
 def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings | None = None, *,
@@ -54,6 +57,8 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
         raise CaptionerError(f"none of the {len(records)} {split} images could be read by the encoder")
     captions: dict[str, str] = {}
     uses_grid = model.decoder.uses_grid
+    tagging = model.decoder.concept_head is not None and model.concepts is not None
+    probabilities = []
     for start in range(0, len(usable), batch_size):
         chunk = usable[start:start + batch_size]
         rows = [source.row(r.image) for r in chunk]
@@ -62,13 +67,19 @@ def evaluate(model: TrainedModel, split: str = "test", settings: DecodeSettings 
         features = features.to(model.device)
         for record, results in zip(chunk, decode(model.decoder, features, model.vocab, settings)):
             captions[record.image_id] = " ".join(model.vocab.decode(results[0].tokens))
+        if tagging:
+            with torch.no_grad():
+                logits = model.decoder.concept_logits(features[:, 0] if settings.flip_average else features)
+            probabilities.append(torch.sigmoid(logits).cpu().numpy())
     references = {r.image_id: list(r.captions) for r in usable}
     scores = score_captions(references, captions, use_java=use_java)
+    tags = (tag_scores(model.concepts, np.concatenate(probabilities), [list(r.captions) for r in usable],
+                       [captions[r.image_id] for r in usable]) if tagging else None)
     seconds = time.perf_counter() - started
     images = {r.image_id: str(r.image.resolve()) for r in usable}
     write_evaluation(folder, model, split, settings, captions, references, scores, seconds,
-                     skipped=len(records) - len(usable), dataset_type=dataset_type, images=images)
-    return EvaluationResult(folder, scores, captions, seconds)
+                     skipped=len(records) - len(usable), dataset_type=dataset_type, images=images, tags=tags)
+    return EvaluationResult(folder, scores, captions, seconds, tags)
 
 
 def split_records(model: TrainedModel, split: str, dataset_type: str | None, data_dir: str | None,

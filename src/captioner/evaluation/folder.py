@@ -2,7 +2,7 @@
 
     captions.json     the captions, in the COCO results format
     references.json   each image's reference captions
-    metrics.json      the scores, x100
+    metrics.json      the scores, x100 (and under "tags", the concept head's tag scores: tags.py)
     per_image.json    BLEU-4, CIDEr and WER of each image, for reviewing
     images.json       image id -> file
     evaluation.json   what was run (checkpoint, decoding, tokenizer, ...)
@@ -51,12 +51,13 @@ def default_output_dir(checkpoint: Path, split: str, settings: DecodeSettings) -
 
 def write_evaluation(folder: Path, model: TrainedModel, split: str, settings: DecodeSettings,
                      captions: dict[str, str], references: dict[str, list[str]], scores: Scores, seconds: float,
-                     skipped: int, dataset_type: str, images: dict[str, str]) -> None:
+                     skipped: int, dataset_type: str, images: dict[str, str], tags: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in captions.items()]
     atomic_write_text(folder / "captions.json", json.dumps(results, indent=1))
     atomic_write_text(folder / "references.json", json.dumps(references, indent=1))
-    atomic_write_text(folder / "metrics.json", json.dumps(scores.overall, indent=2))
+    atomic_write_text(folder / "metrics.json", json.dumps({**scores.overall, **({"tags": tags} if tags else {})},
+                                                          indent=2))
     atomic_write_text(folder / "per_image.json", json.dumps(scores.per_image, indent=1))
     atomic_write_text(folder / "images.json", json.dumps(images, indent=1))  # where each image is, for reviewing
     about = {"checkpoint": str(model.source.resolve()), "split": split, "images": len(captions),

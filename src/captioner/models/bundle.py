@@ -3,6 +3,7 @@
     model.safetensors   encoder trunk ("encoder.*") and decoder ("decoder.*") weights
     config.json         decoder architecture, encoder name and preprocessing, feature grid, provenance
     vocab.json          the vocabulary
+    concepts.json       the concepts the concept head tags images with (models that have one)
     encoder.onnx, decoder_start.onnx, decoder_step.onnx   with --onnx (models/onnx.py)
 
 `load_model(folder)` (models/loading.py) reads it back and gives the checkpoint's captions exactly (the same
@@ -45,3 +46,5 @@ def export_bundle(model: TrainedModel, folder: Path) -> None:
     atomic_write_bytes(folder / "model.safetensors", save(tensors))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     atomic_write_text(folder / "vocab.json", json.dumps(model.vocab.to_dict()))
+    if model.concepts is not None:
+        atomic_write_text(folder / "concepts.json", json.dumps(model.concepts.to_dict()))

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from captioner.models.concept_head import ConceptHead
 from captioner.models.shared_linear import SharedWeight
 
 DECODER_TYPES = ("lstm", "gru", "attention")
@@ -40,19 +41,43 @@ class DecoderConfig:
     image_init: str = "input"  # show-and-tell: image as first "input" or as the initial "state"
     deep_output: bool = False  # attention: words come from h, the attended context and the previous word
     embed_dropout: float = 0.0  # attention: dropout on the word embeddings in training
+    num_concepts: int = 0  # a concept head (the tags) with this many concepts; 0: none (models made before it)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class Decoder(nn.Module):
-    """What decoding strategies rely on."""
+    """What decoding strategies rely on; `concept_logits` gives the tags, where the model has a concept head."""
 
     uses_grid: bool = False
     # State entries that never change after start(): the image's own data (its features). They keep one row
     # per image, shared by all of the image's rows of changing state (its beams or samples), so several rows
     # per image cost no copies of the features.
     per_image_state: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concept_head: ConceptHead | None = None
+
+    def _add_concept_head(self, config: DecoderConfig) -> None:
+        """The head's weights are drawn from a random stream of their own, so the rest of the run (dropout
+        masks, sampling) draws what it would without a head."""
+        if not config.num_concepts:
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 1)
+            self.concept_head = ConceptHead(config.feature_dim, config.num_concepts)
+
+    def caption_parameters(self) -> list[nn.Parameter]:
+        """The parameters that write captions: all but the concept head's."""
+        return [p for name, p in self.named_parameters() if not name.startswith("concept_head.")]
+
+    def concept_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of P(concept | image) from the features the decoder reads."""
+        if self.concept_head is None:
+            raise ValueError("this model has no concept head")
+        return self.concept_head(features)
 
     def _prepare(self, features: torch.Tensor) -> torch.Tensor:
         """Features arrive as stored (float16 from the cache); cast them once to the precision matmuls run in:
@@ -108,6 +133,7 @@ class ShowTell(Decoder):
                        dropout=config.drop_prob if config.num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(config.drop_prob)
         self.output = nn.Linear(config.hidden_size, config.vocab_size)
+        self._add_concept_head(config)
 
     def _initial(self, pooled: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor | None:
         if self.config.image_init == "input":
@@ -185,6 +211,7 @@ class SoftAttention(Decoder):
             self.output_context = nn.Linear(C, E, bias=False)
         self.output = nn.Linear(E if self.deep_output else H, config.vocab_size)
         self.splits = [A, C, 4 * H]
+        self._add_concept_head(config)
 
     def start(self, features: torch.Tensor) -> State:
         """features (B, L, C); the attention projection of the features is computed once here (doubled: see

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from captioner.data.concepts import ConceptVocabulary
 from captioner.data.vocab import Vocabulary
 from captioner.devices import pick_device
 from captioner.errors import CaptionerError, first_line
@@ -35,6 +36,7 @@ class TrainedModel:
     source: Path
     device: torch.device
     encoder: Encoder | None = None  # loaded with with_encoder=True
+    concepts: ConceptVocabulary | None = None  # what the concept head tags images with; None without a head
 
     @property
     def image_size(self) -> int:
@@ -65,8 +67,11 @@ def _load_checkpoint_model(path: Path, device: torch.device) -> TrainedModel:
         raise CaptionerError(f"checkpoint {path} does not hold a model this captioner can rebuild: "
                              f"{first_line(error)}") from error
     vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
+    saved = checkpoint.get("concepts")
+    concepts = ConceptVocabulary.from_dict(saved, f"checkpoint {path}") if saved else None
     return TrainedModel(decoder.to(device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
-                        checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, device)
+                        checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, device,
+                        concepts=concepts)
 
 
 def _registry_encoder(model: TrainedModel, encoder_weights: Path | str | None) -> Encoder:
@@ -114,6 +119,9 @@ def _load_bundle(folder: Path, device: torch.device) -> TrainedModel:
     config = bundle_config(folder)
     try:
         vocab_data = json.loads((folder / "vocab.json").read_text())
+        concepts_file = folder / "concepts.json"
+        concepts = (ConceptVocabulary.from_dict(json.loads(concepts_file.read_text()), str(concepts_file))
+                    if concepts_file.is_file() else None)
         tensors = load_file(str(folder / "model.safetensors"))
     except (OSError, ValueError, SafetensorError) as error:
         raise CaptionerError(f"{folder} is not a readable captioner bundle ({first_line(error)})") from error
@@ -134,7 +142,7 @@ def _load_bundle(folder: Path, device: torch.device) -> TrainedModel:
     encoder_settings = {**settings, "transform": get_spec(settings["name"]).transform_description(settings["image_size"])}
     return TrainedModel(decoder.to(device).eval(), Vocabulary.from_dict(vocab_data, f"{folder}/vocab.json"),
                         settings["name"], encoder_settings, None, config.get("trained_on", {}), folder, device,
-                        encoder)
+                        encoder, concepts)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

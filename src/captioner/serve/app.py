@@ -163,7 +163,8 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                 "grid": list(captioner.grid), "attention": captioner.uses_attention, "vocabulary": len(model.vocab),
                 "hidden_size": config.hidden_size, "source": model.source.name,
                 "trained_on": model.train_config.get("dataset_type"), "max_upload_mb": max_upload_mb,
-                "review": evaluation is not None, "recommended_decoding": captioner.recommended_decoding or None}
+                "review": evaluation is not None, "recommended_decoding": captioner.recommended_decoding or None,
+                "tags": captioner.can_tag}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(...)) -> JSONResponse:
@@ -191,6 +192,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
             "captions": [{"text": c.text, "score": c.score, "tokens": c.tokens,
                           "attention": c.attention.tolist() if c.attention is not None else None}
                          for c in result.captions],
+            "tags": [{"tag": tag, "probability": probability} for tag, probability in result.tags],
             "grid": list(captioner.grid) if captioner.uses_attention else None,
             "image": {"width": image.width, "height": image.height},
             "settings": {spec.name: getattr(settings, spec.name) for spec in FIELDS},

@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from captioner.data.concepts import DEFAULT_NUM_CONCEPTS
 from captioner.data.formats import DATASET_TYPES
 from captioner.data.visual_genome import DEFAULT_MIN_REGION_AREA
 from captioner.errors import CaptionerError
@@ -68,6 +69,11 @@ class TrainConfig:
                                       "(Xu et al.)", group=MODEL)
     embed_dropout: float = option(0.0, "attention: dropout on the word embeddings", low=0, below=1, group=MODEL)
     alpha_c: float = option(1.0, "attention: doubly stochastic regularisation weight", low=0, group=MODEL)
+    num_concepts: int = option(DEFAULT_NUM_CONCEPTS, "concepts a head learns to tag images with: the most frequent "
+                                                     "content words of the training captions, lemmatized (0: no head)",
+                               low=0, group=MODEL)
+    concept_weight: float = option(1.0, "weight of the concept head's loss beside the captions' cross-entropy", low=0,
+                                   group=MODEL)
     epochs: int = option(10, low=0, group=OPTIMISATION)
     batch_size: int = option(64, low=1, group=OPTIMISATION)
     learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)
@@ -131,7 +137,7 @@ class TrainConfig:
 
 # Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
 STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size", "attention_dim", "num_layers",
-             "image_init")
+             "image_init", "num_concepts")
 
 
 def check_options(config: TrainConfig) -> None:

@@ -71,3 +71,33 @@ class ReferenceCrossEntropy:
         if not self.references or self.references >= len(examples):
             return examples
         return [examples[i] for i in sorted(torch.randperm(len(examples))[:self.references].tolist())]
+
+
+class ConceptLoss:
+    """Binary cross-entropy of the concept head against each image's concepts: as targets, the share of the
+    image's references that name each concept (one that all five name is surer than one that one names).
+    Mean over images and concepts, so that it sits beside the captions' loss without swamping the gradient
+    clipping."""
+
+    def __init__(self, targets: torch.Tensor, weight: float = 1.0) -> None:
+        self.targets, self.weight = targets, weight  # (feature rows, K)
+
+    def __call__(self, decoder: nn.Module, features: torch.Tensor, rows) -> torch.Tensor:
+        logits = decoder.concept_logits(features)
+        targets = self.targets[torch.as_tensor(rows, dtype=torch.long)].to(logits.device)
+        return self.weight * nn.functional.binary_cross_entropy_with_logits(logits, targets)
+
+
+def concept_targets(records, features, concepts, clean) -> torch.Tensor:
+    """(rows, K): for each image the encoder could read, the share of its references naming each concept."""
+    rows = {record.image: features.row(record.image) for record in records}
+    size = max((row for row in rows.values() if row is not None), default=-1) + 1
+    targets = torch.zeros(size, len(concepts))
+    for record in records:
+        row = rows[record.image]
+        if row is None or not record.captions:
+            continue
+        for text in record.captions:
+            for index in concepts.ids_of(clean(text)):
+                targets[row, index] += 1.0 / len(record.captions)
+    return targets

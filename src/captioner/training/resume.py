@@ -11,6 +11,7 @@ import torch
 
 from captioner.errors import CaptionerError
 from captioner.models.checkpoint import load_checkpoint
+from captioner.models.decoders import DecoderConfig
 from captioner.training.config import STRUCTURE, TrainConfig
 from captioner.training.rundir import weights_of_epoch
 
@@ -72,7 +73,7 @@ def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
 
 
 def check_same_model(config: TrainConfig, model_config: dict, checkpoint: dict) -> None:
-    saved = checkpoint["model_config"]
+    saved = {**DecoderConfig().to_dict(), **checkpoint["model_config"]}  # settings added later: their defaults
     different = [name for name in STRUCTURE if saved.get(name) != model_config.get(name)]
     if different:
         raise CaptionerError(f"checkpoint {config.resume} was trained with another model ({', '.join(different)} "

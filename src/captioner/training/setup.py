@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.data.concepts import ConceptVocabulary
 from captioner.data.formats import load_dataset
 from captioner.data.records import Dataset
 from captioner.data.vocab import SPECIALS, Vocabulary, clean_caption
@@ -29,7 +30,7 @@ from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.training.batches import TrainingData
 from captioner.training.config import TrainConfig, check_options
 from captioner.training.distributed import start_processes
-from captioner.training.objectives import CrossEntropy
+from captioner.training.objectives import ConceptLoss, CrossEntropy, concept_targets
 from captioner.training.resume import check_not_finished, restore
 from captioner.training.rundir import remove_temporaries
 from captioner.training.schedulers import Schedule
@@ -57,7 +58,8 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
     if processes.is_main:
         processes.barrier()
     data = TrainingData.build(dataset, features, vocab, config.max_length)
-    model_config = decoder_config(config, vocab, features)
+    concepts = concept_vocabulary(config, dataset, parent)
+    model_config = decoder_config(config, vocab, features, concepts)
     # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers, and the
     # same seed must give the same run whether or not the cache existed.
     torch.manual_seed(config.seed)
@@ -72,8 +74,12 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
         raise CaptionerError("--scst_epochs runs in a single process for now; train the cross-entropy epochs with "
                              "torchrun, then continue with --resume and --scst_epochs without it")
     self_critical = self_critical_objective(config, dataset, features, vocab) if config.scst_epochs else None
+    concept_loss = None
+    if concepts is not None and config.concept_weight:
+        records = [r for r in dataset.records if r.split in ("train", "dev")]
+        concept_loss = ConceptLoss(concept_targets(records, features, concepts, clean_caption), config.concept_weight)
     trainer = Trainer(config, decoder, model_config, vocab, data, features, optimizer, schedule, objective,
-                      self_critical, processes, device, command or sys.argv)
+                      self_critical, processes, device, command or sys.argv, concepts, concept_loss)
     if parent is not None:
         restore(trainer, parent)
     trainer.wrap_for_processes()
@@ -108,11 +114,25 @@ def feature_source(config: TrainConfig, dataset: Dataset, device: torch.device) 
                             weights=weights, num_workers=config.num_workers, device=config.device)
 
 
-def decoder_config(config: TrainConfig, vocab: Vocabulary, features: FeatureSource) -> DecoderConfig:
+def concept_vocabulary(config: TrainConfig, dataset: Dataset, parent: dict | None) -> ConceptVocabulary | None:
+    """The checkpoint's concepts when going on from one (none for a model made before concepts), else built
+    from the training captions; None with --num_concepts 0."""
+    if parent is not None:
+        saved = parent.get("concepts")
+        config.num_concepts = len(saved["concepts"]) if saved else 0
+        return ConceptVocabulary.from_dict(saved, f"checkpoint {config.resume}") if saved else None
+    if not config.num_concepts:
+        return None
+    tokens = (clean_caption(text) for record in dataset.split("train") for text in record.captions)
+    return ConceptVocabulary.build(tokens, config.num_concepts)
+
+
+def decoder_config(config: TrainConfig, vocab: Vocabulary, features: FeatureSource,
+                   concepts: ConceptVocabulary | None = None) -> DecoderConfig:
     _, _, channels = features.grid_shape
     return DecoderConfig(config.decoder, len(vocab), channels, config.embed_size, config.hidden_size,
                          config.attention_dim, config.num_layers, config.drop_prob, config.image_init,
-                         config.deep_output, config.embed_dropout)
+                         config.deep_output, config.embed_dropout, len(concepts) if concepts else 0)
 
 
 def make_optimizer(config: TrainConfig, decoder: Decoder, features: FeatureSource,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from captioner.data.concepts import ConceptVocabulary
 from captioner.data.vocab import Vocabulary
 from captioner.devices import autocast
 from captioner.features.live import LiveFeatures
@@ -26,7 +27,7 @@ from captioner.training.batches import TrainingData, bucketed_batches, pad_capti
 from captioner.training.config import (SIDED_WARNING_SHARE, TrainConfig, ignored_options, plain_settings,
                                        sided_share, unused_schedule_options)
 from captioner.training.distributed import Processes, stop_processes
-from captioner.training.objectives import CrossEntropy, ReferenceCrossEntropy
+from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCrossEntropy
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
@@ -37,10 +38,12 @@ class Trainer:
                  data: TrainingData, features: FeatureSource, optimizer: torch.optim.Optimizer,
                  schedule: Schedule | None, objective: CrossEntropy, self_critical: SelfCritical | None = None,
                  processes: Processes | None = None, device: torch.device | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, concepts: ConceptVocabulary | None = None,
+                 concept_loss: ConceptLoss | None = None) -> None:
         self.config, self.decoder, self.model_config, self.vocab = config, decoder, model_config, vocab
         self.data, self.features, self.optimizer, self.schedule = data, features, optimizer, schedule
         self.objective, self.self_critical = objective, self_critical
+        self.concepts, self.concept_loss = concepts, concept_loss
         self.references = (ReferenceCrossEntropy(objective, data.train, config.scst_xe_references)
                            if config.scst_xe_weight else None)
         self.processes = processes or Processes()
@@ -85,12 +88,16 @@ class Trainer:
         with autocast(self.device, self.config.amp):
             loss, cross_entropy = self.objective(self.model, features, captions, total_words, len(indices),
                                                  self.processes.world_size)
+            if self.concept_loss is not None:  # the head's own loss, on this process's share of the images
+                loss = loss + self.concept_loss(self.decoder, features, train.rows[mine])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         encoder_parameters = self.live.parameters() if self.live is not None else []
         self.processes.average_gradients(encoder_parameters)  # DDP wraps the decoder only
-        if self.config.clip_norm:
-            nn.utils.clip_grad_norm_([*self.decoder.parameters(), *encoder_parameters], self.config.clip_norm)
+        if self.config.clip_norm:  # the concept head apart: its gradients leave the captions' clipping as it was
+            nn.utils.clip_grad_norm_([*self.decoder.caption_parameters(), *encoder_parameters], self.config.clip_norm)
+            if self.decoder.concept_head is not None:
+                nn.utils.clip_grad_norm_(self.decoder.concept_head.parameters(), self.config.clip_norm)
         self.optimizer.step()
         if self.schedule is not None:
             self.schedule.after_batch()
@@ -124,7 +131,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm:
-            nn.utils.clip_grad_norm_(self.decoder.parameters(), self.config.clip_norm)
+            nn.utils.clip_grad_norm_(self.decoder.caption_parameters(), self.config.clip_norm)
         self.optimizer.step()
         return float(loss.detach()), reward
 
@@ -178,7 +185,8 @@ class Trainer:
                 "best_metric": self.config.best_metric, "best_score": self.best_score,
                 "patience_left": self.patience_left, "best_epoch": self.best_epoch, "history": self.history,
                 "encoder_state": live.encoder.state_dict() if live and live.fine_tune else None,
-                "train_config": plain_settings(self.config), "rng": {"torch": torch.get_rng_state()}}
+                "train_config": plain_settings(self.config), "rng": {"torch": torch.get_rng_state()},
+                "concepts": self.concepts.to_dict() if self.concepts is not None else None}
 
     def run(self) -> Path | None:
         """Train; returns the run directory (None on the processes other than the main one)."""

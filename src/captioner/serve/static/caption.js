@@ -1,7 +1,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, captions: [], current: 0, grid: null, busy: false };
+const state = { file: null, captions: [], tags: [], current: 0, grid: null, busy: false };
 
 async function loadModelInfo() {
   let info;
@@ -98,12 +98,14 @@ async function caption(file) {
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || `the server answered ${response.status}`);
     state.captions = answer.captions;
+    state.tags = answer.tags || [];
     state.grid = answer.grid;
     state.current = 0;
     render();
     setStatus(`Captioned in ${answer.seconds.toFixed(2)} s ${howDecoded(answer.settings)}`);
   } catch (error) {
     state.captions = [];
+    state.tags = [];
     render();
     setStatus(`Could not caption this file: ${error.message}`, true);
   } finally {
@@ -151,7 +153,28 @@ function render() {
     ? "Point at a word, or Tab to it, to light up the regions the model attended to."
     : "This model has no attention (show-and-tell decoder), so there is no heatmap to show.";
   result.append(hint);
+  renderTags(result);
   renderAlternatives();
+}
+
+// The concepts the model sees in the photo, likeliest first, each with its probability.
+function renderTags(result) {
+  if (!state.tags.length) return;
+  const list = document.createElement("ul");
+  list.className = "tags";
+  list.id = "tags";
+  list.setAttribute("aria-label", "Tags the model gives this photo, with their probabilities");
+  state.tags.forEach(({ tag, probability }) => {
+    const item = document.createElement("li");
+    item.className = "tag";
+    item.textContent = `${tag} `;
+    const share = document.createElement("span");
+    share.className = "probability";
+    share.textContent = `${Math.round(probability * 100)}%`;
+    item.append(share);
+    list.append(item);
+  });
+  result.append(list);
 }
 
 function renderAlternatives() {
