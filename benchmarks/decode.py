@@ -1,5 +1,6 @@
 """Captioning speed: greedy and beam 3 from cached features (the decoder alone), and end to end from JPEG
-files (decode, resize, encoder, decoder) next to the encoder's bare forward speed on random tensors.
+files (decode, resize, encoder, decoder) next to the encoder's bare forward speed on random tensors; for a
+model with a concept head, tagging end to end too.
 
     python benchmarks/decode.py --model_path runs/RUN/best.pt [--images 500] [--data_dir ../shared/data/flickr8k]
 
@@ -55,6 +56,12 @@ def end_to_end(captioner: Captioner, images: list[Path], strategy: str, batch_si
     return len(images) / (time.perf_counter() - started)
 
 
+def tagging(captioner: Captioner, images: list[Path], batch_size: int) -> float:
+    started = time.perf_counter()
+    captioner.tag(images, batch_size=batch_size)
+    return len(images) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", type=Path, required=True)
@@ -80,6 +87,8 @@ def main() -> None:
         ("greedy end to end from JPEG", lambda: end_to_end(captioner, images, "greedy", batch_size)),
         ("beam 3 end to end from JPEG", lambda: end_to_end(captioner, images, "beam", batch_size)),
     ]
+    if captioner.can_tag:  # the concept head's tags alone: the encoder and one small layer
+        measurements.append(("tags end to end from JPEG", lambda: tagging(captioner, images, batch_size)))
     # each the median of `repeats` runs, taken in turns, so that a slow spell of a shared machine hits all alike
     runs = [[measure() for _, measure in measurements] for _ in range(args.repeats)]
     rows = [(name, statistics.median(run[i] for run in runs)) for i, (name, _) in enumerate(measurements)]

@@ -1,5 +1,6 @@
 """Training speed on cached Flickr8k features: captions/s of full training steps (batch assembly from the
-feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM and the attention decoder.
+feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM and the attention decoder, each
+with the concept head (its loss beside the captions') and without.
 
     python benchmarks/train_throughput.py [--data_dir ../shared/data/flickr8k] [--cache_dir DIR] [--batches 40]
 
@@ -47,16 +48,17 @@ def main() -> None:
     rows = []
     for decoder in ("lstm", "attention"):
         for batch_size in args.batch_sizes:
-            config = TrainConfig(dataset_type="flickr8k", data_dir=str(args.data_dir), cache_dir=args.cache_dir,
-                                 decoder=decoder, batch_size=batch_size, embed_size=512, hidden_size=512,
-                                 attention_dim=512)
-            speed, memory = measure(config, args.batches)
-            rows.append((decoder, batch_size, speed, memory))
+            for concepts in (1000, 0):  # with the concept head (the default) and without: what the head costs
+                config = TrainConfig(dataset_type="flickr8k", data_dir=str(args.data_dir), cache_dir=args.cache_dir,
+                                     decoder=decoder, batch_size=batch_size, embed_size=512, hidden_size=512,
+                                     attention_dim=512, num_concepts=concepts)
+                speed, memory = measure(config, args.batches)
+                rows.append((decoder, batch_size, concepts, speed, memory))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; embed/hidden/attention 512, efficientnet_lite0 7x7x1280 features")
-    print(f"{'decoder':<10} {'batch':>5} {'captions/s':>11} {'peak RSS MB':>12}")
-    for decoder, batch_size, speed, memory in rows:
-        print(f"{decoder:<10} {batch_size:>5} {speed:>11.0f} {memory:>12.0f}")
+    print(f"{'decoder':<10} {'batch':>5} {'concepts':>8} {'captions/s':>11} {'peak RSS MB':>12}")
+    for decoder, batch_size, concepts, speed, memory in rows:
+        print(f"{decoder:<10} {batch_size:>5} {concepts:>8} {speed:>11.0f} {memory:>12.0f}")
 
 
 if __name__ == "__main__":
