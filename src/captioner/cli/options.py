@@ -56,7 +56,10 @@ def value_type(spec: Spec) -> Callable[[str], object]:
 
 def add_spec(parser: argparse._ActionsContainer, spec: Spec, **overrides) -> None:
     """One flag for one option, as its field describes it."""
-    options: dict = {"dest": spec.name, "help": spec.help or None}
+    shown = spec.help
+    if spec.kind is not bool and spec.default is not None and "default" not in shown:  # --help shows every default
+        shown = f"{shown} (default {spec.default})" if shown else f"default {spec.default}"
+    options: dict = {"dest": spec.name, "help": shown or None}
     if spec.kind is bool and spec.negatable:
         options |= {"action": argparse.BooleanOptionalAction, "default": spec.default}
     elif spec.kind is bool:
