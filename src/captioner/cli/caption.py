@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.cli.options import add_decoding_args, at_least, decode_settings, flag
+from captioner.cli.options import add_decoding_args, at_least, decode_settings, flag, report_failures
 from captioner.errors import CaptionerError
 
 
@@ -82,12 +82,7 @@ def run(args: argparse.Namespace) -> int:
         captioned = [(Path(r.image), r.text) for r in results if not r.image.startswith("<")]
         atomic_write_text(args.html, gallery_page(captioned, args.html))
         print(f"page with alt text: {args.html}", file=sys.stderr)
-    failed = [r for r in results if r.error]
-    if failed:
-        print(f"\n{len(failed)} of {len(results)} images could not be captioned:", file=sys.stderr)
-        for result in failed:
-            print(f"  {result.error}", file=sys.stderr)
-    return 1 if failed and len(failed) == len(results) else 0
+    return report_failures(results, "captioned")
 
 
 def format_results(results: list, style: str) -> str:

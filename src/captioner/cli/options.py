@@ -8,6 +8,7 @@ Flags use the underscore spellings common captioning scripts use (`--batch_size`
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -99,6 +100,16 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     from captioner.training.config import TrainConfig
 
     add_options(parser, TrainConfig, ENCODER_OPTIONS, "encoder and feature cache")
+
+
+def report_failures(results: list, done: str) -> int:
+    """List the images that could not be read (on stderr, after the output); exit 1 only when none could."""
+    failed = [result for result in results if result.error]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} images could not be {done}:", file=sys.stderr)
+        for result in failed:
+            print(f"  {result.error}", file=sys.stderr)
+    return 1 if failed and len(failed) == len(results) else 0
 
 
 def load_dataset_from_args(args: argparse.Namespace):

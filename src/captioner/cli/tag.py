@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from captioner.cli.caption import expand_image_arguments
-from captioner.cli.options import at_least, flag
+from captioner.cli.options import at_least, flag, report_failures
 from captioner.errors import CaptionerError
 
 
@@ -56,12 +56,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text)
-    failed = [result for result in results if result.error]
-    if failed:
-        print(f"\n{len(failed)} of {len(results)} images could not be tagged:", file=sys.stderr)
-        for result in failed:
-            print(f"  {result.error}", file=sys.stderr)
-    return 1 if failed and len(failed) == len(results) else 0
+    return report_failures(results, "tagged")
 
 
 def format_tags(results: list, style: str) -> str:
