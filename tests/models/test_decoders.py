@@ -11,9 +11,15 @@ def config(decoder: str, **options) -> DecoderConfig:
                          drop_prob=0.0, **options)
 
 
+CONCEPTS = [{"num_concepts": 9, "concept_input": way, "concept_top_k": 4} for way in ("project", "attend")]
+READING_CONCEPTS = [(decoder, {**concepts, "deep_output": decoder == "attention"})
+                    for decoder in ("lstm", "gru", "attention") for concepts in CONCEPTS]
+
+
 @pytest.mark.parametrize("decoder, options", [("lstm", {}), ("gru", {}), ("lstm", {"image_init": "state"}),
                                               ("gru", {"num_layers": 2}), ("attention", {}),
-                                              ("attention", {"deep_output": True, "embed_dropout": 0.5})])
+                                              ("attention", {"deep_output": True, "embed_dropout": 0.5}),
+                                              *READING_CONCEPTS, ("attention", CONCEPTS[1])])
 def test_step_interface_matches_teacher_forcing(decoder: str, options: dict) -> None:
     """Running step() word by word gives the same logits as the teacher-forced forward pass."""
     torch.manual_seed(0)
@@ -40,11 +46,11 @@ def test_select_reorders_every_state_tensor() -> None:
     torch.testing.assert_close(picked["h"][2], state["h"][0])
 
 
-@pytest.mark.parametrize("decoder", ["attention", "lstm"])
-def test_rows_per_image_step_like_copies_of_the_image(decoder: str) -> None:
+@pytest.mark.parametrize("decoder, options", [("attention", {"deep_output": True}), ("lstm", {}), *READING_CONCEPTS])
+def test_rows_per_image_step_like_copies_of_the_image(decoder: str, options: dict) -> None:
     """Beams (or samples) sharing their image's features decode exactly as if each had its own copy."""
     torch.manual_seed(0)
-    model = build_decoder(config(decoder, deep_output=decoder == "attention")).eval()
+    model = build_decoder(config(decoder, **options)).eval()
     features = torch.randn(2, 5, 8) if model.uses_grid else torch.randn(2, 8)
     shared = model.with_rows_per_image(model.start(features), 3)
     copied = model.start(features.repeat_interleave(3, dim=0))
@@ -66,11 +72,12 @@ def test_rows_per_image_step_like_copies_of_the_image(decoder: str) -> None:
             model.select(shared, torch.tensor([3, 4, 5]))
 
 
-@pytest.mark.parametrize("deep_output", [False, True])
-def test_training_pass_gradients_equal_those_of_the_step_by_step_pass(deep_output: bool) -> None:
+@pytest.mark.parametrize("options", [{"deep_output": False}, {"deep_output": True},
+                                     *({**concepts, "deep_output": True} for concepts in CONCEPTS)])
+def test_training_pass_gradients_equal_those_of_the_step_by_step_pass(options: dict) -> None:
     """forward() computes the recurrent weights' gradients its own way (SharedWeight); they must be the same."""
     torch.manual_seed(0)
-    model = build_decoder(config("attention", deep_output=deep_output)).eval()
+    model = build_decoder(config("attention", **options)).eval()
     features = torch.randn(3, 5, 8)
     captions = torch.randint(4, 20, (3, 6))
     logits, _ = model(features, captions)
@@ -132,3 +139,26 @@ def test_attention_weights_are_xu_et_al_soft_attention(grad: bool) -> None:
         _, _, alpha = model.step(torch.randint(4, 20, (3,)), state)
     torch.testing.assert_close(alpha, expected.detach(), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(alpha, torch.full_like(alpha, 0.2))  # the weights really depend on the regions
+
+
+@pytest.mark.parametrize("decoder, options", READING_CONCEPTS)
+def test_decoders_reading_concepts_caption_by_the_predicted_concepts(decoder: str, options: dict) -> None:
+    """The captions change with what the head predicts, and no caption gradient reaches the head (it learns
+    from its own loss)."""
+    torch.manual_seed(0)
+    model = build_decoder(config(decoder, **options)).eval()
+    features = torch.randn(2, 5, 8) if model.uses_grid else torch.randn(2, 8)
+    captions = torch.randint(4, 20, (2, 6))
+    logits, _ = model(features, captions)
+    logits.square().sum().backward()
+    assert all(p.grad is None for p in model.concept_head.parameters())
+    with torch.no_grad():
+        model.concept_head.classify.bias.add_(torch.linspace(-5, 5, 9))
+    assert not torch.allclose(model(features, captions)[0], logits)
+
+
+def test_reading_concepts_needs_a_head_and_a_known_way() -> None:
+    with pytest.raises(ValueError, match="needs a concept head"):
+        build_decoder(config("gru", concept_input="project"))
+    with pytest.raises(ValueError, match="unknown concept input"):
+        build_decoder(config("gru", num_concepts=3, concept_input="both"))

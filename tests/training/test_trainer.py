@@ -221,3 +221,25 @@ def test_the_concept_head_leaves_the_captions_training_as_it_was(shapes: Path, t
     for name, value in plain["model"].items():
         assert torch.equal(tagged["model"][name], value), name
     assert [e["train_loss"] for e in history(with_head)] == [e["train_loss"] for e in history(without)]
+
+
+@pytest.mark.parametrize("decoder, way", [("attention", "project"), ("attention", "attend"), ("lstm", "project"),
+                                          ("gru", "attend")])
+def test_every_decoder_trains_reading_the_concepts(shapes: Path, tmp_path: Path, decoder: str, way: str) -> None:
+    run = build_trainer(small(shapes, tmp_path, decoder=decoder, epochs=2, max_images=40, num_concepts=12,
+                              use_concepts=True, concept_input=way, concept_top_k=5), ["captioner"]).run()
+    entries = history(run)
+    assert entries[-1]["train_loss"] < entries[0]["train_loss"]
+    checkpoint = load_checkpoint(run / "best.pt")
+    assert checkpoint["model_config"]["concept_input"] == way and checkpoint["model_config"]["concept_top_k"] == 5
+    from captioner.api import Captioner
+
+    captioner = Captioner.load(run / "best.pt")
+    image = min(shapes.rglob("*.png"))
+    result = captioner.caption([image], strategy="beam", beam_size=2)[0]
+    assert result.error is None and result.text is not None and result.tags
+
+
+def test_reading_concepts_needs_the_head(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(CaptionerError, match="--num_concepts 0 leaves no head"):
+        build_trainer(small(shapes, tmp_path, use_concepts=True, num_concepts=0), ["captioner"])

@@ -13,6 +13,7 @@ from captioner.data.formats import DATASET_TYPES
 from captioner.data.visual_genome import DEFAULT_MIN_REGION_AREA
 from captioner.errors import CaptionerError
 from captioner.features.encoders import ENCODERS
+from captioner.models.concept_input import CONCEPT_INPUTS
 from captioner.models.decoders import DECODER_TYPES
 from captioner.options import check, option, specs
 from captioner.training.presets import PRESETS
@@ -74,6 +75,12 @@ class TrainConfig:
                                low=0, group=MODEL)
     concept_weight: float = option(1.0, "weight of the concept head's loss beside the captions' cross-entropy", low=0,
                                    group=MODEL)
+    use_concepts: bool = option(False, "the captions read the concepts the head predicts (see --concept_input)",
+                                group=MODEL)
+    concept_input: str = option("project", "with --use_concepts: project the probabilities into the initial state, "
+                                           "gates and output (default) or attend to the likeliest concepts",
+                                choices=CONCEPT_INPUTS, group=MODEL)
+    concept_top_k: int = option(20, "--concept_input attend: the likeliest concepts attended to", low=1, group=MODEL)
     epochs: int = option(10, low=0, group=OPTIMISATION)
     batch_size: int = option(64, low=1, group=OPTIMISATION)
     learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)
@@ -87,7 +94,11 @@ class TrainConfig:
     early_stopping_patience: int | None = option(None, "stop after this many epochs without a better --best_metric",
                                                  low=1, group=RUN)
     best_metric: str = option("val_loss", "dev measure that picks best.pt and drives early stopping (BLEU-4/CIDEr: "
-                                          "greedy captions)", choices=("val_loss", "BLEU-4", "CIDEr"), group=RUN)
+                                          "of the dev captions, see --dev_decoding)",
+                              choices=("val_loss", "BLEU-4", "CIDEr"), group=RUN)
+    dev_decoding: str = option("recommended", "how the dev images are captioned for BLEU-4/CIDEr: as the preset "
+                                              "recommends (default; greedy without a preset) or greedily",
+                               choices=("recommended", "greedy"), group=RUN)
     scst_epochs: int = option(0, "after --epochs of cross-entropy, this many epochs of self-critical training on "
                                  "CIDEr-D", low=0, group=RUN)
     scst_lr: float = option(2e-5, "learning rate of self-critical training", above=0, group=RUN)
@@ -137,7 +148,7 @@ class TrainConfig:
 
 # Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
 STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size", "attention_dim", "num_layers",
-             "image_init", "num_concepts")
+             "image_init", "num_concepts", "concept_input", "concept_top_k")
 
 
 def check_options(config: TrainConfig) -> None:
@@ -149,6 +160,8 @@ def check_options(config: TrainConfig) -> None:
         raise CaptionerError(str(error)) from None
     if config.epochs + config.scst_epochs < 1:
         raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
+    if config.use_concepts and not config.num_concepts:
+        raise CaptionerError("--use_concepts reads the concept head's predictions; --num_concepts 0 leaves no head")
     if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
         given = "--save_attention_viz" if config.save_attention_viz else "--advanced_attention_viz"
         raise CaptionerError(f"{given} needs --decoder attention; the {config.decoder} decoder has no "

@@ -132,7 +132,8 @@ def decoder_config(config: TrainConfig, vocab: Vocabulary, features: FeatureSour
     _, _, channels = features.grid_shape
     return DecoderConfig(config.decoder, len(vocab), channels, config.embed_size, config.hidden_size,
                          config.attention_dim, config.num_layers, config.drop_prob, config.image_init,
-                         config.deep_output, config.embed_dropout, len(concepts) if concepts else 0)
+                         config.deep_output, config.embed_dropout, len(concepts) if concepts else 0,
+                         config.concept_input if config.use_concepts else "", config.concept_top_k)
 
 
 def make_optimizer(config: TrainConfig, decoder: Decoder, features: FeatureSource,

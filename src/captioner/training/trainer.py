@@ -4,6 +4,7 @@ them from a TrainConfig), so one training step can be run and tested on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import sys
@@ -16,6 +17,7 @@ from torch import nn
 
 from captioner.data.concepts import ConceptVocabulary
 from captioner.data.vocab import Vocabulary
+from captioner.decoding.settings import DecodeSettings
 from captioner.devices import autocast
 from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
@@ -24,8 +26,14 @@ from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.progress import progress
 from captioner.training import samples, validation
 from captioner.training.batches import TrainingData, bucketed_batches, pad_captions
-from captioner.training.config import (SIDED_WARNING_SHARE, TrainConfig, ignored_options, plain_settings,
-                                       sided_share, unused_schedule_options)
+from captioner.training.config import (
+    SIDED_WARNING_SHARE,
+    TrainConfig,
+    ignored_options,
+    plain_settings,
+    sided_share,
+    unused_schedule_options,
+)
 from captioner.training.distributed import Processes, stop_processes
 from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCrossEntropy
 from captioner.training.rundir import RunFiles
@@ -157,14 +165,36 @@ class Trainer:
         speed = count * self.config.scst_samples / (time.perf_counter() - started)
         return total_loss / max(count, 1), total_reward / max(count, 1), speed
 
-    def validate(self) -> tuple[float, dict[str, float]]:
-        """Dev cross-entropy per word, and BLEU and CIDEr of greedy dev captions."""
+    @property
+    def dev_decoding(self) -> DecodeSettings:
+        """How the dev captions that pick best.pt are decoded: as the preset recommends, unless asked greedy;
+        without mirrored features in the cache, without averaging over them."""
         c = self.config
+        settings = validation.dev_settings(c.decoding if c.dev_decoding == "recommended" else None, c.max_length,
+                                           c.amp)
+        if settings.flip_average and self.live is None and not self.features.settings.get("flip"):
+            settings = dataclasses.replace(settings, flip_average=False)
+        return settings
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Dev cross-entropy per word, and BLEU and CIDEr of the dev captions."""
+        c, settings = self.config, self.dev_decoding
         loss = validation.dev_loss(self.decoder, self.data.dev, self._features_of_rows, self.objective,
                                    self.processes, self.device, c.amp)
-        scores = validation.dev_metrics(self.decoder, self.data.dev_records[: c.bleu_images],
-                                        lambda record: self.features.row(record.image), self._features_of_rows,
-                                        self.vocab, self._dev_references, self.processes, c.max_length, c.amp)
+
+        def features_of_rows(rows) -> torch.Tensor:
+            if not settings.flip_average:
+                return self._features_of_rows(rows)
+            return self.features.both_views(rows, self.decoder.uses_grid).to(self.device)
+
+        records, row_of = self.data.dev_records[: c.bleu_images], lambda record: self.features.row(record.image)
+        scores = validation.dev_metrics(self.decoder, records, row_of, features_of_rows, self.vocab,
+                                        self._dev_references, self.processes, settings)
+        if settings.strategy != "greedy":  # greedy too, for comparison with runs that chose by it: seconds
+            greedy = validation.dev_metrics(self.decoder, records, row_of, self._features_of_rows, self.vocab,
+                                            self._dev_references, self.processes,
+                                            validation.dev_settings(None, c.max_length, c.amp))
+            scores.update({f"greedy_{name}": value for name, value in greedy.items()})
         return loss, scores
 
     def _features_of_rows(self, rows: list[int] | np.ndarray, train: bool = False) -> torch.Tensor:
@@ -266,7 +296,9 @@ class Trainer:
         self.history.append(entry)
         trained = f"reward {reward:.3f}" if reward is not None else f"train {train_loss:.3f}"
         self.log(f"Epoch {epoch}/{c.epochs + c.scst_epochs}: {trained} | val {val_loss:.3f} | lr {lr:.1e} | "
-                 f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f} | {speed:.0f} captions/s | "
+                 f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f}"
+                 + (f" (greedy {scores['greedy_BLEU-4']:.3f} / {scores['greedy_CIDEr']:.3f})" if "greedy_CIDEr" in scores
+                    else "") + f" | {speed:.0f} captions/s | "
                  f"{entry['peak_memory_mb']:.0f} MB" + (" | best" if improved else ""))
         return improved
 
@@ -279,6 +311,8 @@ class Trainer:
         if sided > SIDED_WARNING_SHARE:
             self.log(f"warning: {sided:.0%} of the training captions say 'left' or 'right', and mirrored images "
                      "(--augment_flip / --augment) make those words wrong half the time; consider leaving it out")
+        self.log(f"dev captions ({c.best_metric if c.best_metric != 'val_loss' else 'BLEU-4 and CIDEr'}): "
+                 f"{describe_decoding(self.dev_decoding)}")
         ignored = ignored_options(c)
         if ignored:
             self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
@@ -328,3 +362,16 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def describe_decoding(settings: DecodeSettings) -> str:
+    if settings.strategy == "greedy":
+        return "greedy"
+    told = [f"beam {settings.beam_size}" if settings.strategy == "beam" else settings.strategy]
+    if settings.length_penalty:
+        told.append(f"length penalty {settings.length_penalty:g}")
+    if settings.no_repeat_ngram:
+        told.append(f"no {settings.no_repeat_ngram}-gram twice")
+    if settings.flip_average:
+        told.append("averaged with the mirror image")
+    return ", ".join(told)

@@ -1,5 +1,6 @@
 """How well the model does on the dev split after each epoch: cross-entropy per word, and BLEU and CIDEr of
-greedy captions. Under torchrun each process computes its share and every process gets the same totals."""
+its dev captions, decoded as users will decode them (the preset's recommended decoding) or greedily. Under
+torchrun each process computes its share and every process gets the same totals."""
 
 from __future__ import annotations
 
@@ -45,15 +46,23 @@ def dev_loss(decoder: Decoder, dev: CaptionExamples, features_of_rows: FeaturesO
     return total / max(words, 1)
 
 
+def dev_settings(recommended: dict | None, max_length: int, amp: bool) -> DecodeSettings:
+    """The recommended decoding when there is one (so that best.pt is the epoch users will caption best
+    with), else greedy."""
+    if recommended:
+        return DecodeSettings(**{**recommended, "max_length": max_length, "amp": amp})
+    return DecodeSettings("greedy", max_length=max_length, amp=amp)
+
+
 @torch.no_grad()
 def dev_metrics(decoder: Decoder, records: list[ImageRecord], row_of: Callable[[ImageRecord], int],
                 features_of_rows: FeaturesOfRows, vocab: Vocabulary, references: dict[int, list[str]],
-                processes: Processes, max_length: int, amp: bool) -> dict[str, float]:
-    """Greedy captions of these dev images, scored with BLEU and CIDEr; under torchrun each process captions
-    its share of the images and every process scores all of them."""
+                processes: Processes, settings: DecodeSettings) -> dict[str, float]:
+    """Captions of these dev images, scored with BLEU and CIDEr; under torchrun each process captions its
+    share of the images and every process scores all of them. With settings.flip_average, features_of_rows
+    must give both views (B, 2, ...)."""
     decoder.eval()
     mine = processes.shard(list(range(len(records))))
-    settings = DecodeSettings("greedy", max_length=max_length, amp=amp)
     hypotheses = {}
     for start in range(0, len(mine), CAPTIONED_AT_ONCE):
         keys = mine[start:start + CAPTIONED_AT_ONCE]
