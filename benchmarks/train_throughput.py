@@ -1,6 +1,7 @@
 """Training speed on cached Flickr8k features: captions/s of full training steps (batch assembly from the
 feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM and the attention decoder, each
-with the concept head (its loss beside the captions') and without.
+without the concept head, with it (its loss beside the captions'), and reading its concepts each way
+(--use_concepts --concept_input project | attend).
 
     python benchmarks/train_throughput.py [--data_dir ../shared/data/flickr8k] [--cache_dir DIR] [--batches 40]
 
@@ -20,6 +21,12 @@ import torch
 from captioner.training.config import TrainConfig
 from captioner.training.setup import build_trainer
 from captioner.training.trainer import peak_memory_mb
+
+
+# no head; the head (1000 concepts) beside the captions; the captions reading its concepts, each way
+CONCEPTS = {"none": {"num_concepts": 0}, "head": {"num_concepts": 1000},
+            "project": {"use_concepts": True, "concept_input": "project"},
+            "attend": {"use_concepts": True, "concept_input": "attend"}}
 
 
 def measure(config: TrainConfig, batches: int, warmup: int = 3) -> tuple[float, float]:
@@ -48,17 +55,17 @@ def main() -> None:
     rows = []
     for decoder in ("lstm", "attention"):
         for batch_size in args.batch_sizes:
-            for concepts in (1000, 0):  # with the concept head (the default) and without: what the head costs
+            for concepts, reading in CONCEPTS.items():
                 config = TrainConfig(dataset_type="flickr8k", data_dir=str(args.data_dir), cache_dir=args.cache_dir,
                                      decoder=decoder, batch_size=batch_size, embed_size=512, hidden_size=512,
-                                     attention_dim=512, num_concepts=concepts)
+                                     attention_dim=512, **reading)
                 speed, memory = measure(config, args.batches)
                 rows.append((decoder, batch_size, concepts, speed, memory))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; embed/hidden/attention 512, efficientnet_lite0 7x7x1280 features")
-    print(f"{'decoder':<10} {'batch':>5} {'concepts':>8} {'captions/s':>11} {'peak RSS MB':>12}")
+    print(f"{'decoder':<10} {'batch':>5} {'concepts':<8} {'captions/s':>11} {'peak RSS MB':>12}")
     for decoder, batch_size, concepts, speed, memory in rows:
-        print(f"{decoder:<10} {batch_size:>5} {concepts:>8} {speed:>11.0f} {memory:>12.0f}")
+        print(f"{decoder:<10} {batch_size:>5} {concepts:<8} {speed:>11.0f} {memory:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -110,14 +110,14 @@ def test_decoding_attends_in_pieces_exactly_as_in_one_go(monkeypatch: pytest.Mon
     must give what the whole batch at once (the training path) gives, to float32 rounding: bit for bit on an
     Intel Xeon, within a few 1e-8 on an AMD EPYC, where the matrix-vector kernels sum in another order for
     other shapes."""
-    from captioner.models import decoders
+    from captioner.models import soft_attention
 
     torch.manual_seed(0)
     model = build_decoder(config("attention", deep_output=True)).eval()
     state = model.with_rows_per_image(model.start(torch.randn(4, 5, 8)), 3)
     tokens = torch.randint(4, 20, (12,))
     whole_logits, _, whole_alpha = model.step(tokens, state)  # gradients on: one go
-    monkeypatch.setattr(decoders, "ENERGY_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(soft_attention, "ENERGY_CHUNK_ELEMENTS", 1)
     with torch.no_grad():
         logits, _, alpha = model.step(tokens, state)
     torch.testing.assert_close(logits, whole_logits.detach(), rtol=1e-6, atol=1e-6)
