@@ -243,3 +243,24 @@ def test_every_decoder_trains_reading_the_concepts(shapes: Path, tmp_path: Path,
 def test_reading_concepts_needs_the_head(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(CaptionerError, match="--num_concepts 0 leaves no head"):
         build_trainer(small(shapes, tmp_path, use_concepts=True, num_concepts=0), ["captioner"])
+
+
+def test_the_concept_stage_trains_the_head_alone_first(shapes: Path, tmp_path: Path) -> None:
+    """--concept_epochs trains the head before the captions start, and draws no random number the captions'
+    training would: without --use_concepts the captions train as they do without the stage."""
+    options = dict(epochs=1, max_images=40, num_concepts=12, augment_flip=True)
+    staged = build_trainer(small(shapes, tmp_path / "a", **options, concept_epochs=3, concept_lr=1e-2), ["captioner"])
+    before = {name: value.clone() for name, value in staged.decoder.state_dict().items()}
+    staged.train_concept_head()
+    losses = [entry["train_loss"] for entry in staged.concept_history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert all(0 < entry["dev_loss"] < 1 for entry in staged.concept_history)
+    after = staged.decoder.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items() if not name.startswith("concept_head."))
+    assert not torch.equal(after["concept_head.classify.weight"], before["concept_head.classify.weight"])
+    with_stage = build_trainer(small(shapes, tmp_path / "b", **options, concept_epochs=2), ["captioner"]).run()
+    without = build_trainer(small(shapes, tmp_path / "c", **options), ["captioner"]).run()
+    assert [e["train_loss"] for e in history(with_stage)] == [e["train_loss"] for e in history(without)]
+    assert len(load_checkpoint(with_stage / "best.pt")["concept_history"]) == 2
+    with pytest.raises(CaptionerError, match="--concept_epochs trains the concept head"):
+        build_trainer(small(shapes, tmp_path, concept_epochs=1, num_concepts=0), ["captioner"])

@@ -75,6 +75,9 @@ class TrainConfig:
                                low=0, group=MODEL)
     concept_weight: float = option(1.0, "weight of the concept head's loss beside the captions' cross-entropy", low=0,
                                    group=MODEL)
+    concept_epochs: int = option(0, "train the concept head alone for this many epochs before the captions (seconds "
+                                    "each)", low=0, group=MODEL)
+    concept_lr: float = option(1e-3, "learning rate of --concept_epochs", above=0, group=MODEL)
     use_concepts: bool = option(False, "the captions read the concepts the head predicts (see --concept_input)",
                                 group=MODEL)
     concept_input: str = option("project", "with --use_concepts: project the probabilities into the initial state, "
@@ -162,6 +165,9 @@ def check_options(config: TrainConfig) -> None:
         raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
     if config.use_concepts and not config.num_concepts:
         raise CaptionerError("--use_concepts reads the concept head's predictions; --num_concepts 0 leaves no head")
+    if config.concept_epochs and not (config.num_concepts and config.concept_weight):
+        raise CaptionerError("--concept_epochs trains the concept head, and --num_concepts 0 or --concept_weight 0 "
+                             "leaves it none to train or no loss to train it with")
     if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
         given = "--save_attention_viz" if config.save_attention_viz else "--advanced_attention_viz"
         raise CaptionerError(f"{given} needs --decoder attention; the {config.decoder} decoder has no "

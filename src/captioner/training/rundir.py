@@ -9,8 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 from captioner.io import atomic_write_bytes, atomic_write_text
+from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 class RunFiles:

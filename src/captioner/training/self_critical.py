@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import torch
 
+from captioner.data.vocab import Vocabulary
+from captioner.decoding.strategies import word_log_probs
+from captioner.models.decoders import Decoder
 from captioner.training.bleu_reward import SentenceBleu
 from captioner.training.cider_reward import CiderD
-from captioner.data.vocab import Vocabulary
-from captioner.models.decoders import Decoder
-from captioner.decoding.strategies import word_log_probs
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.progress import progress
 from captioner.training import samples, validation
 from captioner.training.batches import TrainingData, bucketed_batches, pad_captions
+from captioner.training.concept_stage import train_concept_head
 from captioner.training.config import (
     SIDED_WARNING_SHARE,
     TrainConfig,
@@ -59,6 +60,7 @@ class Trainer:
         self.command = command or sys.argv
         self.model: nn.Module = decoder  # what the training step calls: the decoder, or its DDP wrapper
         self.start_epoch, self.best_epoch, self.history = 1, 0, []
+        self.concept_history: list[dict] = []  # --concept_epochs: the head's own stage
         self.best_score = math.inf if config.best_metric == "val_loss" else -math.inf
         self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
         self.patience_left = config.early_stopping_patience
@@ -216,7 +218,8 @@ class Trainer:
                 "patience_left": self.patience_left, "best_epoch": self.best_epoch, "history": self.history,
                 "encoder_state": live.encoder.state_dict() if live and live.fine_tune else None,
                 "train_config": plain_settings(self.config), "rng": {"torch": torch.get_rng_state()},
-                "concepts": self.concepts.to_dict() if self.concepts is not None else None}
+                "concepts": self.concepts.to_dict() if self.concepts is not None else None,
+                "concept_history": self.concept_history}
 
     def run(self) -> Path | None:
         """Train; returns the run directory (None on the processes other than the main one)."""
@@ -235,6 +238,8 @@ class Trainer:
             self.files = RunFiles.create(Path(c.output_dir), c.run_name())
             self.files.start(c, self.command, self.vocab, self.data.dataset, parent=c.resume)
         self._say_what_runs()
+        if self.start_epoch == 1 and c.concept_epochs:
+            self.train_concept_head()
         epoch, last = self.start_epoch, c.epochs + c.scst_epochs
         while epoch <= last:
             self_critical = epoch > c.epochs
@@ -272,6 +277,13 @@ class Trainer:
             samples.show_samples(self.decoder, held_out, c.show_samples, self.features, self._features_of_rows,
                                  self.vocab, c.max_length, self.log)
         return self.files.folder
+
+    def train_concept_head(self) -> None:
+        c, train, dev = self.config, self.data.train, self.data.dev
+        self.concept_history = train_concept_head(
+            self.decoder, self.features, self.concept_loss, np.unique(train.rows), np.unique(dev.rows),
+            c.concept_epochs, c.concept_lr, flip=c.augment_flip, seed=c.seed, device=self.device, amp=c.amp,
+            log=self.log)
 
     def _after_epoch(self, epoch: int, self_critical: bool, train_loss: float, reward: float | None, speed: float,
                      val_loss: float, scores: dict[str, float]) -> bool:
