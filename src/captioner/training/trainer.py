@@ -192,11 +192,6 @@ class Trainer:
         records, row_of = self.data.dev_records[: c.bleu_images], lambda record: self.features.row(record.image)
         scores = validation.dev_metrics(self.decoder, records, row_of, features_of_rows, self.vocab,
                                         self._dev_references, self.processes, settings)
-        if settings.strategy != "greedy":  # greedy too, for comparison with runs that chose by it: seconds
-            greedy = validation.dev_metrics(self.decoder, records, row_of, self._features_of_rows, self.vocab,
-                                            self._dev_references, self.processes,
-                                            validation.dev_settings(None, c.max_length, c.amp))
-            scores.update({f"greedy_{name}": value for name, value in greedy.items()})
         return loss, scores
 
     def _features_of_rows(self, rows: list[int] | np.ndarray, train: bool = False) -> torch.Tensor:
@@ -308,9 +303,7 @@ class Trainer:
         self.history.append(entry)
         trained = f"reward {reward:.3f}" if reward is not None else f"train {train_loss:.3f}"
         self.log(f"Epoch {epoch}/{c.epochs + c.scst_epochs}: {trained} | val {val_loss:.3f} | lr {lr:.1e} | "
-                 f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f}"
-                 + (f" (greedy {scores['greedy_BLEU-4']:.3f} / {scores['greedy_CIDEr']:.3f})" if "greedy_CIDEr" in scores
-                    else "") + f" | {speed:.0f} captions/s | "
+                 f"BLEU-4 {scores['BLEU-4']:.3f} | CIDEr {scores['CIDEr']:.3f} | {speed:.0f} captions/s | "
                  f"{entry['peak_memory_mb']:.0f} MB" + (" | best" if improved else ""))
         return improved
 
