@@ -8,6 +8,7 @@ draws the random numbers it would draw without this stage.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +32,7 @@ def train_concept_head(decoder: Decoder, features: FeatureSource, loss: ConceptL
     generator = torch.Generator().manual_seed(seed * 7919 + 1)
     history = []
     for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
         head.train()
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
         total = 0.0
@@ -45,9 +47,11 @@ def train_concept_head(decoder: Decoder, features: FeatureSource, loss: ConceptL
             optimizer.step()
             total += float(value.detach()) * len(rows)
         entry = {"epoch": epoch, "train_loss": total / len(order),
-                 "dev_loss": dev_loss(decoder, features, loss, dev_rows, device, amp)}
+                 "dev_loss": dev_loss(decoder, features, loss, dev_rows, device, amp),
+                 "seconds": time.perf_counter() - started}
         history.append(entry)
-        log(f"Concept head epoch {epoch}/{epochs}: train {entry['train_loss']:.4f} | dev {entry['dev_loss']:.4f}")
+        log(f"Concept head epoch {epoch}/{epochs}: train {entry['train_loss']:.4f} | dev {entry['dev_loss']:.4f} | "
+            f"{entry['seconds']:.0f} s")
     return history
 
 
