@@ -47,12 +47,7 @@ def run(args: argparse.Namespace) -> int:
                       captions_file=str(args.captions_file) if args.captions_file else None,
                       max_images=args.max_images, output_dir=args.output_dir, cache_dir=args.cache_dir,
                       encoder_weights=args.encoder_weights, batch_size=args.batch_size)
-    beam = settings.strategy == "beam"
-    print(f"{len(result.captions)} {args.split} images, {settings.strategy}"
-          + (f" {settings.beam_size}" if beam else "")
-          + (f", length penalty {settings.length_penalty:g}" if beam and settings.length_penalty else "")
-          + (f", no {settings.no_repeat_ngram}-gram twice" if beam and settings.no_repeat_ngram else "")
-          + (", averaged with the mirror images" if settings.flip_average else "") + f", {result.seconds:.0f} s")
+    print(f"{len(result.captions)} {args.split} images, {settings.describe()}, {result.seconds:.0f} s")
     print(result.scores.table())
     if result.tags:
         print(tags_table(result.tags))

@@ -44,6 +44,19 @@ class DecodeSettings:
         if self.strategy == "beam" and self.num_captions > self.beam_size:
             raise ValueError(f"num_captions {self.num_captions} needs beam_size >= {self.num_captions}")
 
+    def describe(self) -> str:
+        """One line for logs and reports: "beam 3, length penalty 1, no 2-gram twice, averaged with the mirror
+        images"."""
+        beam = self.strategy == "beam"
+        told = [f"beam {self.beam_size}" if beam else self.strategy]
+        if beam and self.length_penalty:
+            told.append(f"length penalty {self.length_penalty:g}")
+        if beam and self.no_repeat_ngram:
+            told.append(f"no {self.no_repeat_ngram}-gram twice")
+        if self.flip_average:
+            told.append("averaged with the mirror images")
+        return ", ".join(told)
+
 
 # what a preset may recommend: each a decoding flag of `caption` and `evaluate` and a keyword of caption()
 RECOMMENDABLE = tuple(spec.name for spec in specs(DecodeSettings) if spec.recommendable)

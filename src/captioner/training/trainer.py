@@ -317,7 +317,7 @@ class Trainer:
             self.log(f"warning: {sided:.0%} of the training captions say 'left' or 'right', and mirrored images "
                      "(--augment_flip / --augment) make those words wrong half the time; consider leaving it out")
         self.log(f"dev captions ({c.best_metric if c.best_metric != 'val_loss' else 'BLEU-4 and CIDEr'}): "
-                 f"{describe_decoding(self.dev_decoding)}")
+                 f"{self.dev_decoding.describe()}")
         ignored = ignored_options(c)
         if ignored:
             self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
@@ -368,15 +368,3 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
-
-def describe_decoding(settings: DecodeSettings) -> str:
-    if settings.strategy == "greedy":
-        return "greedy"
-    told = [f"beam {settings.beam_size}" if settings.strategy == "beam" else settings.strategy]
-    if settings.length_penalty:
-        told.append(f"length penalty {settings.length_penalty:g}")
-    if settings.no_repeat_ngram:
-        told.append(f"no {settings.no_repeat_ngram}-gram twice")
-    if settings.flip_average:
-        told.append("averaged with the mirror image")
-    return ", ".join(told)
