@@ -18,7 +18,7 @@ VOCAB = Vocabulary.build([["a", "b", "c", "d", "e", "f"]] * 2, freq_threshold=1)
 def model(decoder: str = "attention", seed: int = 0, sharp: float = 3.0):
     torch.manual_seed(seed)
     net = build_decoder(DecoderConfig(decoder, vocab_size=len(VOCAB), feature_dim=8, embed_size=6, hidden_size=12,
-                                      attention_dim=5, drop_prob=0.0)).eval()
+                                      attention_dim=5, drop_prob=0.0, num_heads=2)).eval()
     with torch.no_grad():
         net.output.weight.mul_(sharp)  # peakier distributions, so captions end within the limit
     return net
@@ -30,7 +30,7 @@ def features(decoder, batch: int = 5, seed: int = 1) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
-@pytest.mark.parametrize("kind", ["attention", "lstm", "gru"])
+@pytest.mark.parametrize("kind", ["attention", "lstm", "gru", "transformer"])
 def test_beam_of_one_is_greedy(kind: str) -> None:
     net = model(kind)
     feats = features(net, batch=8)

@@ -7,18 +7,22 @@ from captioner.models.decoders import DecoderConfig, build_decoder
 
 
 def config(decoder: str, **options) -> DecoderConfig:
+    if decoder == "transformer":
+        options = {"num_layers": 2, "num_heads": 2, **options}
+    options = {"drop_prob": 0.0, **options}
     return DecoderConfig(decoder, vocab_size=20, feature_dim=8, embed_size=6, hidden_size=10, attention_dim=7,
-                         drop_prob=0.0, **options)
+                         **options)
 
 
 CONCEPTS = [{"num_concepts": 9, "concept_input": way, "concept_top_k": 4} for way in ("project", "attend")]
 READING_CONCEPTS = [(decoder, {**concepts, "deep_output": decoder == "attention"})
-                    for decoder in ("lstm", "gru", "attention") for concepts in CONCEPTS]
+                    for decoder in ("lstm", "gru", "attention", "transformer") for concepts in CONCEPTS]
 
 
 @pytest.mark.parametrize("decoder, options", [("lstm", {}), ("gru", {}), ("lstm", {"image_init": "state"}),
                                               ("gru", {"num_layers": 2}), ("attention", {}),
                                               ("attention", {"deep_output": True, "embed_dropout": 0.5}),
+                                              ("transformer", {}), ("transformer", {"num_layers": 1}),
                                               *READING_CONCEPTS, ("attention", CONCEPTS[1])])
 def test_step_interface_matches_teacher_forcing(decoder: str, options: dict) -> None:
     """Running step() word by word gives the same logits as the teacher-forced forward pass."""
@@ -33,8 +37,10 @@ def test_step_interface_matches_teacher_forcing(decoder: str, options: dict) -> 
     for t in range(5):
         logits, state, alpha = model.step(captions[:, t], state)
         torch.testing.assert_close(logits, forced[:, t], atol=1e-5, rtol=1e-5)
-        if model.uses_grid:
+        if alphas is not None:
             torch.testing.assert_close(alpha, alphas[:, t])
+        if model.uses_grid:
+            assert alpha.shape == (3, 5)  # the grid's regions, never the concept tokens
             torch.testing.assert_close(alpha.sum(1), torch.ones(3))
 
 
@@ -46,7 +52,8 @@ def test_select_reorders_every_state_tensor() -> None:
     torch.testing.assert_close(picked["h"][2], state["h"][0])
 
 
-@pytest.mark.parametrize("decoder, options", [("attention", {"deep_output": True}), ("lstm", {}), *READING_CONCEPTS])
+@pytest.mark.parametrize("decoder, options", [("attention", {"deep_output": True}), ("lstm", {}), ("transformer", {}),
+                                              *READING_CONCEPTS])
 def test_rows_per_image_step_like_copies_of_the_image(decoder: str, options: dict) -> None:
     """Beams (or samples) sharing their image's features decode exactly as if each had its own copy."""
     torch.manual_seed(0)
@@ -54,8 +61,9 @@ def test_rows_per_image_step_like_copies_of_the_image(decoder: str, options: dic
     features = torch.randn(2, 5, 8) if model.uses_grid else torch.randn(2, 8)
     shared = model.with_rows_per_image(model.start(features), 3)
     copied = model.start(features.repeat_interleave(3, dim=0))
-    if model.uses_grid:
-        assert shared["features"].shape[0] == 2  # not copied
+    for name in model.per_image_state:
+        if name in shared:
+            assert shared[name].shape[0] == 2  # not copied
     tokens = torch.randint(4, 20, (6,))
     for _ in range(3):
         shared_logits, shared, shared_alpha = model.step(tokens, shared)
@@ -162,3 +170,23 @@ def test_reading_concepts_needs_a_head_and_a_known_way() -> None:
         build_decoder(config("gru", concept_input="project"))
     with pytest.raises(ValueError, match="unknown concept input"):
         build_decoder(config("gru", num_concepts=3, concept_input="both"))
+
+
+def test_transformer_dropout_belongs_to_the_teacher_forced_pass_only() -> None:
+    """In training mode forward() drops out (two passes differ) while step() reads the whole model, as in eval
+    mode: what self-critical training samples from is the model that decodes."""
+    torch.manual_seed(0)
+    model = build_decoder(config("transformer", drop_prob=0.3)).train()
+    features, captions = torch.randn(2, 5, 8), torch.randint(4, 20, (2, 6))
+    assert not torch.allclose(model(features, captions)[0], model(features, captions)[0])
+    tokens = captions[:, 0]
+    training_logits = model.step(tokens, model.start(features))[0]
+    model.eval()
+    torch.testing.assert_close(training_logits, model.step(tokens, model.start(features))[0])
+
+
+def test_transformer_ties_its_output_to_the_word_embeddings_and_checks_its_heads() -> None:
+    model = build_decoder(config("transformer"))
+    assert model.output.weight is model.embed.weight
+    with pytest.raises(ValueError, match="multiple of the number of heads"):
+        build_decoder(config("transformer", num_heads=3))

@@ -10,7 +10,7 @@ from captioner.models.ensemble import Averaged
 from tests.decoding.test_strategies import VOCAB, features, model
 
 
-@pytest.mark.parametrize("kind", ["attention", "lstm"])
+@pytest.mark.parametrize("kind", ["attention", "lstm", "transformer"])
 def test_one_model_twice_decodes_as_the_model_alone(kind: str) -> None:
     net = model(kind)
     feats = features(net, batch=6)

@@ -57,15 +57,15 @@ def test_a_bleu_weight_adds_the_weighted_bleu_4_to_the_reward() -> None:
     assert mixed.reward(0, words) == pytest.approx(plain.reward(0, words) + 2.0 * bleu)
 
 
-@pytest.mark.parametrize("kind", ["attention", "lstm"])
+@pytest.mark.parametrize("kind", ["attention", "lstm", "transformer"])
 def test_samples_come_from_the_model_without_dropout(kind: str) -> None:
     """The policy is the model as it decodes: a decoder in training mode samples and scores exactly as in eval
     mode (show-and-tell's start() dropped out parts of the image before), and stays in training mode."""
     vocab = Vocabulary.build([w for refs in REFERENCES.values() for w in refs], freq_threshold=1)
     torch.manual_seed(0)
-    decoder = build_decoder(DecoderConfig(kind, len(vocab), 8, 8, 12, 6, drop_prob=0.5))
+    decoder = build_decoder(DecoderConfig(kind, len(vocab), 8, 8, 12, 6, drop_prob=0.5, num_heads=2))
     critic = SelfCritical({0: REFERENCES["a"], 1: REFERENCES["b"]}, vocab, samples=3)
-    features = torch.randn(2, 5, 8) if kind == "attention" else torch.randn(2, 8)
+    features = torch.randn(2, 5, 8) if decoder.uses_grid else torch.randn(2, 8)
     results = []
     for training in (True, False):
         decoder.train(training)

@@ -143,6 +143,22 @@ def test_attention_pictures_during_training(shapes: Path, tmp_path: Path) -> Non
         build_trainer(small(shapes, tmp_path, decoder="gru", save_attention_viz=True), ["captioner"])
 
 
+def test_the_transformer_trains_with_self_critical_epochs_and_draws_its_attention(shapes: Path, tmp_path: Path) -> None:
+    run = build_trainer(small(shapes, tmp_path, decoder="transformer", num_heads=4, epochs=2, scst_epochs=1,
+                              scst_samples=3, max_images=40, save_attention_viz=True, attention_viz_samples=1,
+                              use_scheduler=True, schedule=ScheduleSettings(scheduler_type="one_cycle")),
+                        ["captioner"]).run()
+    entries = history(run)
+    assert [e["objective"] for e in entries] == ["cross-entropy"] * 2 + ["self-critical"]
+    assert entries[1]["train_loss"] < entries[0]["train_loss"]
+    assert "attention_viz_sample_1.png" in {p.name for p in run.iterdir()}
+    saved = load_checkpoint(run / "best.pt")["model_config"]
+    assert (saved["decoder"], saved["num_layers"], saved["num_heads"], saved["drop_prob"]) == ("transformer", 3, 4, 0.1)
+    assert "--alpha_c" not in (run / "train.log").read_text()  # the default, not set: nothing said
+    with pytest.raises(CaptionerError, match="multiple of them"):
+        build_trainer(small(shapes, tmp_path, decoder="transformer", num_heads=5), ["captioner"])
+
+
 def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_path: Path) -> None:
     run = build_trainer(small(shapes, tmp_path, epochs=2, scst_epochs=2, scst_samples=3, best_metric="CIDEr",
                         max_images=40), ["captioner"]).run()
@@ -224,7 +240,7 @@ def test_the_concept_head_leaves_the_captions_training_as_it_was(shapes: Path, t
 
 
 @pytest.mark.parametrize("decoder, way", [("attention", "project"), ("attention", "attend"), ("lstm", "project"),
-                                          ("gru", "attend")])
+                                          ("gru", "attend"), ("transformer", "attend")])
 def test_every_decoder_trains_reading_the_concepts(shapes: Path, tmp_path: Path, decoder: str, way: str) -> None:
     run = build_trainer(small(shapes, tmp_path, decoder=decoder, epochs=2, max_images=40, num_concepts=12,
                               use_concepts=True, concept_input=way, concept_top_k=5), ["captioner"]).run()

@@ -41,6 +41,7 @@ class DecoderConfig:
     num_concepts: int = 0  # a concept head (the tags) with this many concepts; 0: none (models made before it)
     concept_input: str = ""  # how the captions read the head's concepts (concept_input.py); "": they do not
     concept_top_k: int = 20  # concept_input "attend": the likeliest concepts attended to
+    num_heads: int = 8  # transformer: attention heads of each layer
 
     def to_dict(self) -> dict:
         return asdict(self)

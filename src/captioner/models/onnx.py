@@ -59,6 +59,10 @@ def export_onnx(model: TrainedModel, folder: Path) -> dict:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as error:
         raise CaptionerError("--onnx needs the onnx extras: pip install 'captioner[onnx]'") from error
+    if model.decoder.config.decoder == "transformer":
+        raise CaptionerError("--onnx does not export transformer decoders yet: their step's key/value cache grows by "
+                             "one position per word, which the exported step's fixed state shapes cannot hold; "
+                             "export without --onnx (the bundle loads it) or use an lstm/gru/attention model")
     decoder = model.decoder.float().cpu().eval()
     size = model.image_size
     pixels = torch.randn(2, 3, size, size)

@@ -21,6 +21,7 @@ from captioner.training.schedulers import ScheduleSettings
 
 DATASET, ENCODER, IMAGES = "dataset", "encoder and feature cache", "training on images instead of the feature cache"
 MODEL, OPTIMISATION, RUN = "model", "optimisation", "run"
+TRANSFORMER_LAYERS, TRANSFORMER_DROPOUT = 3, 0.1  # the transformer's defaults of --num_layers and --drop_prob
 
 
 @dataclass
@@ -62,8 +63,11 @@ class TrainConfig:
     embed_size: int = option(512, low=1, group=MODEL)
     hidden_size: int = option(512, low=1, group=MODEL)
     attention_dim: int = option(512, low=1, group=MODEL)
-    num_layers: int = option(1, "RNN layers of lstm/gru decoders", low=1, group=MODEL)
-    drop_prob: float = option(0.5, "dropout (default 0.5)", low=0, below=1, group=MODEL)
+    num_layers: int | None = option(None, "layers of lstm/gru (default 1) and transformer (default 3) decoders", low=1,
+                                    group=MODEL)
+    num_heads: int = option(8, "transformer: attention heads per layer; --hidden_size must be a multiple of it",
+                            low=1, group=MODEL)
+    drop_prob: float | None = option(None, "dropout (default 0.5; transformer 0.1)", low=0, below=1, group=MODEL)
     image_init: str = option("input", "lstm/gru: the image is the first input (default) or the initial state",
                              choices=("input", "state"), group=MODEL)
     deep_output: bool = option(False, "attention: read each word from h, the attended context and the previous word "
@@ -151,7 +155,7 @@ class TrainConfig:
 
 # Model settings that shape the weights; a checkpoint continues only with the same ones (dropout may change).
 STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size", "attention_dim", "num_layers",
-             "image_init", "num_concepts", "concept_input", "concept_top_k")
+             "image_init", "num_concepts", "concept_input", "concept_top_k", "num_heads")
 
 
 def check_options(config: TrainConfig) -> None:
@@ -168,16 +172,21 @@ def check_options(config: TrainConfig) -> None:
     if config.concept_epochs and not (config.num_concepts and config.concept_weight):
         raise CaptionerError("--concept_epochs trains the concept head, and --num_concepts 0 or --concept_weight 0 "
                              "leaves it none to train or no loss to train it with")
-    if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder != "attention":
+    if config.decoder == "transformer" and config.hidden_size % config.num_heads:
+        raise CaptionerError(f"--hidden_size {config.hidden_size} is the transformer's width, which its "
+                             f"--num_heads {config.num_heads} heads share: it must be a multiple of them")
+    if (config.save_attention_viz or config.advanced_attention_viz) and config.decoder not in ATTENDING:
         given = "--save_attention_viz" if config.save_attention_viz else "--advanced_attention_viz"
-        raise CaptionerError(f"{given} needs --decoder attention; the {config.decoder} decoder has no "
+        raise CaptionerError(f"{given} needs --decoder attention or transformer; the {config.decoder} decoder has no "
                              "attention to draw")
 
 
 # options that only some decoders read
+ATTENDING = ("attention", "transformer")  # the decoders with attention over the grid to draw
 DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
-                        "alpha_c": ("attention",), "attention_viz_samples": ("attention",),
-                        "num_layers": ("lstm", "gru"), "image_init": ("lstm", "gru")}
+                        "alpha_c": ("attention",), "attention_viz_samples": ATTENDING, "embed_size": ("lstm", "gru", "attention"),
+                        "num_layers": ("lstm", "gru", "transformer"), "image_init": ("lstm", "gru"),
+                        "num_heads": ("transformer",)}
 
 
 def ignored_options(config: TrainConfig) -> list[str]:
