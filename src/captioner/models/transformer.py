@@ -115,7 +115,7 @@ class Transformer(Decoder):
     so far (one row per beam or sample), which grows by one position per step."""
 
     uses_grid = True
-    per_image_state = ("memory_keys", "memory_values", "regions")
+    per_image_state = ("memory_keys", "memory_values")
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -145,6 +145,12 @@ class Transformer(Decoder):
             memory = torch.cat([memory, concepts["concept_memory"][:, :, 1].to(memory.dtype)], 1)  # embeddings x probability
         return memory
 
+    def _concept_tokens(self) -> int:
+        """How many memory tokens, after the grid's, are concepts."""
+        if self.config.concept_input == "project":
+            return 1
+        return self.concept_memory.top_k if self.config.concept_input == "attend" else 0
+
     def _words(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Tokens (R, T) at positions start.. -> the layers' input (R, T, D)."""
         words = self.embed(tokens) * math.sqrt(self.width)
@@ -168,8 +174,6 @@ class Transformer(Decoder):
         batch, heads = features.shape[0], self.config.num_heads
         empty = keys[0].new_zeros(batch, len(self.layers), heads, 0, self.width // heads)
         return {"memory_keys": torch.stack(keys, 1), "memory_values": torch.stack(values, 1),
-                # the number of grid regions, as a per-image entry: the attention pictures leave out concept tokens
-                "regions": torch.full((batch,), features.shape[1], dtype=torch.long, device=features.device),
                 "self_keys": empty, "self_values": empty}
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
@@ -187,8 +191,7 @@ class Transformer(Decoder):
             new_values.append(value)
             if weights is not None:
                 alpha = weights[:, 0]
-        regions = int(state["regions"][0])
-        alpha = alpha[:, :regions]
+        alpha = alpha[:, : alpha.shape[1] - self._concept_tokens()]  # the grid regions come first
         alpha = alpha / alpha.sum(1, keepdim=True)  # over the grid alone, as the other attention models
         logits = self.output(self.final_norm(x[:, 0])).float()
         return logits, {**state, "self_keys": torch.stack(new_keys, 1), "self_values": torch.stack(new_values, 1)}, alpha
