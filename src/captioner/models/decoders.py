@@ -1,4 +1,5 @@
-"""The caption decoders by name: show-and-tell (lstm | gru) and show-attend-tell soft attention (attention), and a Transformer (transformer).
+"""The caption decoders by name: show-and-tell (lstm | gru), show-attend-tell soft attention (attention) and a
+Transformer (transformer).
 Every one has the step interface of decoder.py, so every decoding strategy works with every decoder."""
 
 from __future__ import annotations

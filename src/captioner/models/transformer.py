@@ -111,17 +111,17 @@ class Transformer(Decoder):
     output weights tied to the word embeddings. The memory is the grid projected to the model width (plus, with
     --use_concepts, the concept vector or the likeliest concepts as extra tokens).
 
-    State: the memory's keys and values per layer (one row per image) and the self-attention cache of the words
-    so far (one row per beam or sample), which grows by one position per step."""
+    State, per layer n: the memory's keys and values `memory_keys{n}`, `memory_values{n}` (I, h, M, d), one row
+    per image, and the self-attention cache of the words so far `self_keys{n}`, `self_values{n}` (R, h, t, d), one
+    row per beam or sample, which grows by one position per step. One entry per layer, so that a step extends each
+    layer's cache once instead of also restacking all layers."""
 
     uses_grid = True
-    per_image_state = ("memory_keys", "memory_values")
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.config = config
-        width = config.hidden_size
-        self.width = width
+        self.width = width = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, width, padding_idx=0)
         nn.init.normal_(self.embed.weight, std=width ** -0.5)
         with torch.no_grad():
@@ -132,6 +132,8 @@ class Transformer(Decoder):
         self.final_norm = nn.LayerNorm(width)
         self.output = nn.Linear(width, config.vocab_size)
         self.output.weight = self.embed.weight
+        self.per_image_state = tuple(f"memory_{part}{n}" for n in range(config.num_layers)
+                                     for part in ("keys", "values"))
         self._add_concept_input(width)
         self._add_concept_head(config)
 
@@ -141,8 +143,8 @@ class Transformer(Decoder):
         concepts = self._concept_state(features, memory.dtype)
         if "concept_vector" in concepts:
             memory = torch.cat([memory, concepts["concept_vector"].unsqueeze(1).to(memory.dtype)], 1)
-        elif "concept_memory" in concepts:
-            memory = torch.cat([memory, concepts["concept_memory"][:, :, 1].to(memory.dtype)], 1)  # embeddings x probability
+        elif "concept_memory" in concepts:  # its values: the embeddings scaled by their probability
+            memory = torch.cat([memory, concepts["concept_memory"][:, :, 1].to(memory.dtype)], 1)
         return memory
 
     def _concept_tokens(self) -> int:
@@ -170,28 +172,23 @@ class Transformer(Decoder):
     def start(self, features: torch.Tensor) -> State:
         features = self._prepare(features)
         memory = self._memory(features)
-        keys, values = zip(*(layer.memory(memory) for layer in self.layers))
-        batch, heads = features.shape[0], self.config.num_heads
-        empty = keys[0].new_zeros(batch, len(self.layers), heads, 0, self.width // heads)
-        return {"memory_keys": torch.stack(keys, 1), "memory_values": torch.stack(values, 1),
-                "self_keys": empty, "self_values": empty}
+        state: State = {}
+        for n, layer in enumerate(self.layers):
+            keys, values = layer.memory(memory)
+            empty = keys[:, :, :0]  # (B, h, 0, d): no words yet
+            state.update({f"memory_keys{n}": keys, f"memory_values{n}": values,
+                          f"self_keys{n}": empty, f"self_values{n}": empty})
+        return state
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """tokens (R,) -> logits (R, V), the state with this position cached, and the last layer's attention over
         the grid regions (R, L), averaged over heads."""
-        past_keys, past_values = state["self_keys"], state["self_values"]  # (R, N, h, t, d)
-        memory_keys, memory_values = state["memory_keys"], state["memory_values"]  # (I, N, h, M, d)
-        x = self._words(tokens.unsqueeze(1), past_keys.shape[3])
-        new_keys, new_values, alpha = [], [], None
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            x, (key, value), weights = layer(x, (memory_keys[:, index], memory_values[:, index]),
-                                             (past_keys[:, index], past_values[:, index]), weights=index == last)
-            new_keys.append(key)
-            new_values.append(value)
-            if weights is not None:
-                alpha = weights[:, 0]
-        alpha = alpha[:, : alpha.shape[1] - self._concept_tokens()]  # the grid regions come first
+        x = self._words(tokens.unsqueeze(1), state["self_keys0"].shape[2])
+        state, last = dict(state), len(self.layers) - 1
+        for n, layer in enumerate(self.layers):
+            x, (state[f"self_keys{n}"], state[f"self_values{n}"]), weights = layer(
+                x, (state[f"memory_keys{n}"], state[f"memory_values{n}"]),
+                (state[f"self_keys{n}"], state[f"self_values{n}"]), weights=n == last)
+        alpha = weights[:, 0, : weights.shape[2] - self._concept_tokens()]  # the grid regions come first
         alpha = alpha / alpha.sum(1, keepdim=True)  # over the grid alone, as the other attention models
-        logits = self.output(self.final_norm(x[:, 0])).float()
-        return logits, {**state, "self_keys": torch.stack(new_keys, 1), "self_values": torch.stack(new_values, 1)}, alpha
+        return self.output(self.final_norm(x[:, 0])).float(), state, alpha

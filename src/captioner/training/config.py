@@ -21,7 +21,6 @@ from captioner.training.schedulers import ScheduleSettings
 
 DATASET, ENCODER, IMAGES = "dataset", "encoder and feature cache", "training on images instead of the feature cache"
 MODEL, OPTIMISATION, RUN = "model", "optimisation", "run"
-TRANSFORMER_LAYERS, TRANSFORMER_DROPOUT = 3, 0.1  # the transformer's defaults of --num_layers and --drop_prob
 
 
 @dataclass
@@ -158,6 +157,14 @@ STRUCTURE = ("decoder", "vocab_size", "feature_dim", "embed_size", "hidden_size"
              "image_init", "num_concepts", "concept_input", "concept_top_k", "num_heads")
 
 
+def layers_and_dropout(config: TrainConfig) -> tuple[int, float]:
+    """--num_layers and --drop_prob, where not given, by decoder: 3 and 0.1 for the transformer, 1 and 0.5 for the
+    recurrent decoders."""
+    transformer = config.decoder == "transformer"
+    layers = config.num_layers or (3 if transformer else 1)
+    return layers, config.drop_prob if config.drop_prob is not None else (0.1 if transformer else 0.5)
+
+
 def check_options(config: TrainConfig) -> None:
     """Settings that are wrong on their own, whatever the data: refused before any work."""
     try:
@@ -184,9 +191,9 @@ def check_options(config: TrainConfig) -> None:
 # options that only some decoders read
 ATTENDING = ("attention", "transformer")  # the decoders with attention over the grid to draw
 DECODER_ONLY_OPTIONS = {"attention_dim": ("attention",), "deep_output": ("attention",), "embed_dropout": ("attention",),
-                        "alpha_c": ("attention",), "attention_viz_samples": ATTENDING, "embed_size": ("lstm", "gru", "attention"),
-                        "num_layers": ("lstm", "gru", "transformer"), "image_init": ("lstm", "gru"),
-                        "num_heads": ("transformer",)}
+                        "alpha_c": ("attention",), "attention_viz_samples": ATTENDING,
+                        "embed_size": ("lstm", "gru", "attention"), "num_layers": ("lstm", "gru", "transformer"),
+                        "image_init": ("lstm", "gru"), "num_heads": ("transformer",)}
 
 
 def ignored_options(config: TrainConfig) -> list[str]:

@@ -28,7 +28,7 @@ from captioner.features.source import FeatureSource
 from captioner.models.checkpoint import load_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.training.batches import TrainingData
-from captioner.training.config import TRANSFORMER_DROPOUT, TRANSFORMER_LAYERS, TrainConfig, check_options
+from captioner.training.config import TrainConfig, check_options, layers_and_dropout
 from captioner.training.distributed import start_processes
 from captioner.training.objectives import ConceptLoss, CrossEntropy, concept_targets
 from captioner.training.resume import check_not_finished, restore
@@ -130,9 +130,7 @@ def concept_vocabulary(config: TrainConfig, dataset: Dataset, parent: dict | Non
 def decoder_config(config: TrainConfig, vocab: Vocabulary, features: FeatureSource,
                    concepts: ConceptVocabulary | None = None) -> DecoderConfig:
     _, _, channels = features.grid_shape
-    transformer = config.decoder == "transformer"
-    layers = config.num_layers or (TRANSFORMER_LAYERS if transformer else 1)
-    dropout = config.drop_prob if config.drop_prob is not None else (TRANSFORMER_DROPOUT if transformer else 0.5)
+    layers, dropout = layers_and_dropout(config)
     return DecoderConfig(config.decoder, len(vocab), channels, config.embed_size, config.hidden_size,
                          config.attention_dim, layers, dropout, config.image_init,
                          config.deep_output, config.embed_dropout, len(concepts) if concepts else 0,
