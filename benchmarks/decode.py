@@ -2,9 +2,9 @@
 files (decode, resize, encoder, decoder) next to the encoder's bare forward speed on random tensors; for a
 model with a concept head, tagging end to end too.
 
-    python benchmarks/decode.py --model_path runs/RUN/best.pt [--images 500] [--data_dir ../shared/data/flickr8k]
+    python benchmarks/decode.py --model_path runs/RUN/best.pt [OTHER/best.pt ...] [--images 500]
 
-Prints one table: each figure is the median of --repeats runs. End to end with beam 3 should reach at least
+Prints one table, a column per model: each figure is the median of --repeats runs. End to end with beam 3 should reach at least
 80% of the bare encoder: decoding must not be the bottleneck.
 """
 
@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -62,9 +63,25 @@ def tagging(captioner: Captioner, images: list[Path], batch_size: int) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
+def measurements_of(captioner: Captioner, images: list[Path], batch_size: int) -> dict[str, Callable[[], float]]:
+    encoder_batch = captioner.encoder_batch_size
+    measurements = {
+        "encoder forward only (random tensors)":
+            lambda: bare_encoder(captioner, encoder_batch, max(1, len(images) // encoder_batch)),
+        "greedy from cached features": lambda: from_features(captioner, images, DecodeSettings("greedy"), 100),
+        "beam 3 from cached features": lambda: from_features(captioner, images, DecodeSettings("beam", 3), 100),
+        "greedy end to end from JPEG": lambda: end_to_end(captioner, images, "greedy", batch_size),
+        "beam 3 end to end from JPEG": lambda: end_to_end(captioner, images, "beam", batch_size),
+    }
+    if captioner.can_tag:  # the concept head's tags alone: the encoder and one small layer
+        measurements["tags end to end from JPEG"] = lambda: tagging(captioner, images, batch_size)
+    return measurements
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", type=Path, required=True)
+    parser.add_argument("--model_path", type=Path, nargs="+", required=True,
+                        help="one or more models, measured in turns in the same run: one column each")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch_size", type=int, help="images per batch end to end (default: the API's, 64)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the median is shown")
@@ -72,35 +89,36 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data_dir / "Images").is_dir():
         sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
-    captioner = Captioner.load(args.model_path)
+    captioners = [Captioner.load(path) for path in args.model_path]
     images = [r.image for r in load_dataset("flickr8k", args.data_dir).split("test")][: args.images]
-    batch_size = args.batch_size or captioner.default_batch_size
+    batch_size = args.batch_size or captioners[0].default_batch_size
     for path in images:  # into the page cache: the disk is not what is measured
         path.read_bytes()
-    end_to_end(captioner, images[:batch_size], "beam", batch_size)  # warm-up
-    encoder_batch = captioner.encoder_batch_size
-    measurements = [
-        ("encoder forward only (random tensors)",
-         lambda: bare_encoder(captioner, encoder_batch, max(1, args.images // encoder_batch))),
-        ("greedy from cached features", lambda: from_features(captioner, images, DecodeSettings("greedy"), 100)),
-        ("beam 3 from cached features", lambda: from_features(captioner, images, DecodeSettings("beam", 3), 100)),
-        ("greedy end to end from JPEG", lambda: end_to_end(captioner, images, "greedy", batch_size)),
-        ("beam 3 end to end from JPEG", lambda: end_to_end(captioner, images, "beam", batch_size)),
-    ]
-    if captioner.can_tag:  # the concept head's tags alone: the encoder and one small layer
-        measurements.append(("tags end to end from JPEG", lambda: tagging(captioner, images, batch_size)))
+    for captioner in captioners:
+        end_to_end(captioner, images[:batch_size], "beam", batch_size)  # warm-up
+    measurements = [measurements_of(captioner, images, batch_size) for captioner in captioners]
     # each the median of `repeats` runs, taken in turns, so that a slow spell of a shared machine hits all alike
-    runs = [[measure() for _, measure in measurements] for _ in range(args.repeats)]
-    rows = [(name, statistics.median(run[i] for run in runs)) for i, (name, _) in enumerate(measurements)]
-    config = captioner.model.decoder.config
+    runs = [[{name: measure() for name, measure in model.items()} for model in measurements]
+            for _ in range(args.repeats)]
+    speeds = [{name: statistics.median(run[m][name] for run in runs) for name in model}
+              for m, model in enumerate(measurements)]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; {captioner.model.encoder_name} + {config.decoder} decoder "
-          f"(hidden {config.hidden_size}), {len(images)} Flickr8k test images, batch {batch_size} end to end "
-          f"(encoder batch {captioner.encoder_batch_size}), 100 from cached features")
-    print(f"{'':<40} {'images/s':>9}")
-    for name, speed in rows:
-        print(f"{name:<40} {speed:>9.1f}")
-    print(f"beam 3 end to end / encoder forward: {rows[4][1] / rows[0][1]:.0%}")
+          f"{torch.__version__}; {len(images)} Flickr8k test images, batch {batch_size} end to end "
+          f"(encoder batch {captioners[0].encoder_batch_size}), 100 from cached features")
+    labels = []
+    for captioner in captioners:
+        config = captioner.model.decoder.config
+        labels.append(f"{captioner.model.encoder_name}+{config.decoder}")
+        print(f"{labels[-1]}: {config.decoder} decoder, hidden {config.hidden_size}, {config.num_layers} layer(s)")
+    names = list(dict.fromkeys(name for model in measurements for name in model))
+    width = max(12, *(len(label) for label in labels))
+    print(f"{'images/s':<40}" + "".join(f" {label:>{width}}" for label in labels))
+    for name in names:
+        cells = [f"{model[name]:.1f}" if name in model else "-" for model in speeds]
+        print(f"{name:<40}" + "".join(f" {cell:>{width}}" for cell in cells))
+    for label, model in zip(labels, speeds):
+        share = model["beam 3 end to end from JPEG"] / model["encoder forward only (random tensors)"]
+        print(f"{label}: beam 3 end to end / encoder forward: {share:.0%}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training speed on cached Flickr8k features: captions/s of full training steps (batch assembly from the
-feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM and the attention decoder, each
-without the concept head, with it (its loss beside the captions'), and reading its concepts each way
+feature cache, forward, backward, clipping, Adam), for the show-and-tell LSTM, the attention LSTM and the
+transformer (3 layers, 8 heads, its default shape), each without the concept head, with it (its loss beside the captions'), and reading its concepts each way
 (--use_concepts --concept_input project | attend).
 
     python benchmarks/train_throughput.py [--data_dir ../shared/data/flickr8k] [--cache_dir DIR] [--batches 40]
@@ -53,7 +53,7 @@ def main() -> None:
     if not (args.data_dir / "Images").is_dir():
         sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
     rows = []
-    for decoder in ("lstm", "attention"):
+    for decoder in ("lstm", "attention", "transformer"):
         for batch_size in args.batch_sizes:
             for concepts, reading in CONCEPTS.items():
                 config = TrainConfig(dataset_type="flickr8k", data_dir=str(args.data_dir), cache_dir=args.cache_dir,
@@ -62,7 +62,7 @@ def main() -> None:
                 speed, memory = measure(config, args.batches)
                 rows.append((decoder, batch_size, concepts, speed, memory))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; embed/hidden/attention 512, efficientnet_lite0 7x7x1280 features")
+          f"torch {torch.__version__}; embed/hidden/attention 512 (transformer: width 512, 3 layers), efficientnet_lite0 7x7x1280 features")
     print(f"{'decoder':<10} {'batch':>5} {'concepts':<8} {'captions/s':>11} {'peak RSS MB':>12}")
     for decoder, batch_size, concepts, speed, memory in rows:
         print(f"{decoder:<10} {batch_size:>5} {concepts:<8} {speed:>11.0f} {memory:>12.0f}")

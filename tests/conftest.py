@@ -40,3 +40,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                          batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1,
                          decoding=TINY_DECODING)
     return build_trainer(config, ["captioner"]).run() / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer_checkpoint(tiny_checkpoint: Path, tmp_path_factory) -> Path:
+    """best.pt of a small transformer decoder trained on tiny_checkpoint's shapes data (seconds)."""
+    from captioner.training.config import TrainConfig
+    from captioner.training.setup import build_trainer
+
+    root = tmp_path_factory.mktemp("transformer")
+    config = TrainConfig(dataset_type="shapes", data_dir=str(tiny_checkpoint.parents[2] / "shapes"),
+                         encoder="tiny_random", cache_dir=str(root / "cache"), decoder="transformer", hidden_size=16,
+                         num_heads=4, num_layers=2, epochs=2, batch_size=16, learning_rate=3e-3,
+                         output_dir=str(root / "runs"), freq_threshold=1)
+    return build_trainer(config, ["captioner"]).run() / "best.pt"

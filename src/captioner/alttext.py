@@ -119,3 +119,9 @@ def gallery_page(items: list[tuple[Path, str | None]], page_path: Path, title: s
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
             f"<style>{style}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n<main>\n"
             + "\n".join(figures) + "\n</main>\n</body>\n</html>\n")
+
+
+def as_sentence(caption: str) -> str:
+    """A caption as alt text reads: "a dog runs on the beach" -> "A dog runs on the beach."."""
+    caption = caption.strip()
+    return f"{caption[:1].upper()}{caption[1:]}." if caption else ""

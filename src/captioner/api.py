@@ -166,14 +166,22 @@ class Captioner:
 
     def caption_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings) -> list[CaptionResult]:
         """Captions of one batch of (name, image); with the model's ten likeliest tags where it has a concept head."""
+        return self.describe_batch(batch, settings)[0]
+
+    def describe_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings
+                       ) -> tuple[list[CaptionResult], torch.Tensor | None]:
+        """caption_batch(), and the features the decoder read for the readable images, in their order (the
+        image's own view, not its mirror's): a photo library keeps them to rank its images by a query."""
         opened, features = self._read_and_encode(batch, mirrored_too=settings.flip_average)
-        if features is not None:
-            readable = [result for result, pixels in opened if pixels is not None]
-            for result, decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
-                result.captions = [self._caption(d) for d in decoded]
-            if self.can_tag:
-                self._fill_tags(readable, features[:, 0] if settings.flip_average else features)
-        return [result for result, _ in opened]
+        if features is None:
+            return [result for result, _ in opened], None
+        readable = [result for result, pixels in opened if pixels is not None]
+        for result, decoded in zip(readable, decode(self.model.decoder, features, self.model.vocab, settings)):
+            result.captions = [self._caption(d) for d in decoded]
+        plain = features[:, 0] if settings.flip_average else features
+        if self.can_tag:
+            self._fill_tags(readable, plain)
+        return [result for result, _ in opened], plain
 
     def _read_and_encode(self, batch: list[tuple[str, ImageInput]], mirrored_too: bool
                          ) -> tuple[list[tuple[CaptionResult, np.ndarray | None]], torch.Tensor | None]:

@@ -88,3 +88,22 @@ def test_damaged_bundles_and_bad_destinations_are_one_clear_error(tiny_checkpoin
     assert "its encoder weights do not fit the resnet34 encoder that config.json names" in error and len(error) < 400
     (bundle / "config.json").unlink()
     assert "looks like an exported bundle but has no config.json" in caption_error()
+
+
+def test_a_transformer_bundles_exactly_and_refuses_onnx_clearly(tiny_checkpoint: Path,
+                                                                  tiny_transformer_checkpoint: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    pytest.importorskip("onnxscript")
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model_path", str(tiny_transformer_checkpoint), "--output", str(bundle)]) == 0
+    photos = images(tiny_checkpoint, 6)  # the shapes images the transformer was trained on
+    original = Captioner.load(tiny_transformer_checkpoint).caption(photos, num_captions=2)
+    exported = Captioner.load(bundle).caption(photos, num_captions=2)
+    assert [[c.text for c in r.captions] for r in exported] == [[c.text for c in r.captions] for r in original]
+    assert exported[0].attention is not None and exported[0].attention.shape[0] == len(exported[0].tokens) + 1
+    capsys.readouterr()
+    assert main(["export", "--model_path", str(tiny_transformer_checkpoint), "--output", str(tmp_path / "onnx"),
+                 "--onnx"]) == 2
+    error = capsys.readouterr().err
+    assert "transformer" in error and "without --onnx" in error
+    assert not (tmp_path / "onnx" / "config.json").exists()  # refused before anything was written

@@ -112,3 +112,51 @@ def test_review_page_rating_survives_a_reload(server, browser, tmp_path: Path) -
     checked = first.find_element(By.CSS_SELECTOR, "input[name^='fluency'][value='4']")
     assert checked.is_selected()
     assert (evaluation / "ratings.sqlite").is_file()
+
+
+@pytest.fixture(scope="module")
+def library_server(tiny_checkpoint: Path, tmp_path_factory):
+    from tests.library.helpers import collection
+
+    photos = collection(tiny_checkpoint, tmp_path_factory.mktemp("library-page") / "photos", count=8)
+    assert main(["index", str(photos), "--model_path", str(tiny_checkpoint)]) == 0
+    with running_server(tiny_checkpoint, "--library", str(photos / ".captioner")) as running:
+        yield running.url
+
+
+def test_library_page_search_open_hover_and_read_aloud(library_server, browser, tmp_path: Path) -> None:
+    browser.get(library_server + "/library")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .tile img")) == 8)
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#grid .tile")
+    first = tiles[0].find_element(By.TAG_NAME, "img")
+    assert first.get_attribute("alt").endswith(".")  # the caption, as alt text
+    wait.until(lambda d: d.execute_script("return [...document.images].filter(i => i.closest('#grid'))"
+                                          ".every(i => i.complete && i.naturalWidth > 0)"))  # thumbnails load
+    query = browser.find_element(By.ID, "query")
+    query.send_keys("a red circle")
+    query.submit()
+    wait.until(lambda d: "best first" in d.find_element(By.ID, "status").text)
+    screenshot(browser, tmp_path, "library_page")
+    # keyboard only: Tab lands on a photo, Enter opens it, Escape closes it
+    browser.execute_script("document.querySelector('#grid .tile').focus()")
+    webdriver.ActionChains(browser).send_keys("\n").perform()
+    dialog = wait.until(ready.visibility_of_element_located((By.ID, "viewer")))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#viewer-caption .word"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#viewer-tags .tag")) == 10
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#viewer-captions li")) == 2  # one per beam (beam 2)
+    wait.until(lambda d: d.execute_script("return document.getElementById('photo').complete"))
+    word = browser.find_element(By.CSS_SELECTOR, "#viewer-caption .word")
+    webdriver.ActionChains(browser).move_to_element(word).perform()
+    wait.until(lambda d: d.find_element(By.ID, "overlay").get_attribute("data-drawn") == "true")
+    browser.execute_script("window.spoken = []; window.speechSynthesis.speak = (u) => window.spoken.push(u.text);")
+    browser.find_element(By.ID, "speak").click()
+    spoken = browser.execute_script("return window.spoken")
+    assert spoken == [browser.find_element(By.ID, "photo").get_attribute("alt")] and spoken[0]
+    screenshot(browser, tmp_path, "library_photo")
+    webdriver.ActionChains(browser).send_keys(webdriver.Keys.ESCAPE).perform()
+    wait.until(lambda d: not dialog.is_displayed())
+    browser.set_window_size(390, 844)  # a phone-sized window
+    screenshot(browser, tmp_path, "library_page_phone")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.set_window_size(1280, 900)

@@ -17,9 +17,9 @@ from captioner.models.checkpoint import load_checkpoint
 from captioner.training.distributed import Processes, collective_device
 
 
-def train_command(data: Path, tmp_path: Path, output: str) -> list[str]:
+def train_command(data: Path, tmp_path: Path, output: str, decoder: str = "attention") -> list[str]:
     return ["train", "--dataset_type", "shapes", "--data_dir", str(data), "--encoder", "tiny_random",
-            "--cache_dir", str(tmp_path / "cache"), "--decoder", "attention", "--embed_size", "16",
+            "--cache_dir", str(tmp_path / "cache"), "--decoder", decoder, "--embed_size", "16",
             "--hidden_size", "16", "--attention_dim", "16", "--drop_prob", "0", "--epochs", "2",
             "--batch_size", "16", "--learning_rate", "3e-3", "--freq_threshold", "1", "--no_amp",
             "--use_scheduler", "--scheduler_type", "cosine", "--output_dir", str(tmp_path / output)]
@@ -30,14 +30,16 @@ def only_run(folder: Path) -> Path:
     return run
 
 
-def test_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", ["attention", pytest.param("transformer", marks=pytest.mark.slow)])
+def test_two_processes_match_one(tmp_path: Path, decoder: str) -> None:
     data = generate_shapes(tmp_path / "shapes", num_images=60, seed=3)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "captioner", *train_command(data, tmp_path, "one")],
+    extra = ["--num_heads", "4"] if decoder == "transformer" else []
+    single = subprocess.run([sys.executable, "-m", "captioner", *train_command(data, tmp_path, "one", decoder), *extra],
                             capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               "-m", "captioner", *train_command(data, tmp_path, "two")],
+                               "-m", "captioner", *train_command(data, tmp_path, "two", decoder), *extra],
                               capture_output=True, text=True, env=env, timeout=300)
     assert launched.returncode == 0, launched.stderr
     assert "2 processes" in launched.stdout

@@ -13,7 +13,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from captioner.cli import caption, data, evaluate, export, extract, serve, tag, train, visualize
+from captioner.cli import (caption, data, evaluate, export, extract, index, library, search, serve, tag, train,
+                           visualize)
 from captioner.errors import CaptionerError
 
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_command(subcommands)
     visualize.add_command(subcommands)
     export.add_command(subcommands)
+    index.add_command(subcommands)
+    search.add_command(subcommands)
+    library.add_command(subcommands)
     serve.add_commands(subcommands)
     for command_parser in _all_parsers(parser):
         if command_parser is not parser:

@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
                              "choose a new folder")
     check_writable(args.output / "config.json")
     model = load_model(args.model_path, "cpu", with_encoder=True, encoder_weights=args.encoder_weights)
+    if args.onnx:
+        from captioner.models.onnx import check_exportable
+
+        check_exportable(model)  # before the bundle: no half of what was asked for
     export_bundle(model, args.output)
     if args.onnx:
         from captioner.models.onnx import export_onnx

@@ -28,7 +28,9 @@ def export_bundle(model: TrainedModel, folder: Path) -> None:
         raise ValueError("export_bundle needs the model loaded with its encoder (load_model(..., with_encoder=True))")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.trunk.state_dict().items()}
-    tensors |= {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()}
+    # each tensor a copy of its own: the transformer's output layer shares the embedding's weights, and
+    # safetensors refuses tensors that share memory (loading ties them again: both keys get the same values)
+    tensors |= {f"decoder.{k}": v.detach().cpu().clone().contiguous() for k, v in model.decoder.state_dict().items()}
     spec = encoder.spec
     config = {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,

@@ -53,8 +53,8 @@ class _Step(nn.Module):
         return outputs + ((alpha,) if alpha is not None else ())
 
 
-def export_onnx(model: TrainedModel, folder: Path) -> dict:
-    """Write the three ONNX files and record their input/output names in config.json; returns that record."""
+def check_exportable(model: TrainedModel) -> None:
+    """A clear error, before anything is written, for a model --onnx cannot export or a missing exporter."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as error:
@@ -63,6 +63,11 @@ def export_onnx(model: TrainedModel, folder: Path) -> dict:
         raise CaptionerError("--onnx does not export transformer decoders yet: their step's key/value cache grows by "
                              "one position per word, which the exported step's fixed state shapes cannot hold; "
                              "export without --onnx (the bundle loads it) or use an lstm/gru/attention model")
+
+
+def export_onnx(model: TrainedModel, folder: Path) -> dict:
+    """Write the three ONNX files and record their input/output names in config.json; returns that record."""
+    check_exportable(model)
     decoder = model.decoder.float().cpu().eval()
     size = model.image_size
     pixels = torch.randn(2, 3, size, size)

@@ -21,7 +21,9 @@ from captioner.api import Captioner
 from captioner.decoding.settings import DecodeSettings
 from captioner.options import specs
 from captioner.images import BadImageError, open_rgb
+from captioner.library import Library
 from captioner.serve.batcher import CaptionBatcher
+from captioner.serve.library_routes import add_library_routes
 from captioner.evaluation.ratings import ASPECTS, RatingStore, summary
 from captioner.evaluation.folder import Evaluation
 
@@ -115,7 +117,8 @@ class _TooLarge(Exception):
 
 
 def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb: float = 10,
-               max_batch: int = 16) -> FastAPI:
+               max_batch: int = 16, library: Library | None = None) -> FastAPI:
+    """`library`, opened with the captioner's model, adds the library page (/library) and its API."""
     batcher = CaptionBatcher(captioner, max_batch=max_batch)
     evaluation = Evaluation.load(eval_dir) if eval_dir is not None else None
     ratings = RatingStore(evaluation.folder) if evaluation is not None else None
@@ -164,7 +167,7 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
                 "hidden_size": config.hidden_size, "source": model.source.name,
                 "trained_on": model.train_config.get("dataset_type"), "max_upload_mb": max_upload_mb,
                 "review": evaluation is not None, "recommended_decoding": captioner.recommended_decoding or None,
-                "tags": captioner.can_tag}
+                "tags": captioner.can_tag, "library": library is not None}
 
     @app.post("/api/caption")
     async def caption(request: Request, file: UploadFile = File(...)) -> JSONResponse:
@@ -185,7 +188,10 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
             image = open_rgb(data, name=file.filename or "upload")
         except BadImageError as problem:
             return error(STATUS_OF_IMAGE_ERROR.get(problem.kind, 400), str(problem))
-        result = await batcher.caption(file.filename or "upload", image, settings)
+        return await captioned(file.filename or "upload", image, settings, started)
+
+    async def captioned(name: str, image, settings: DecodeSettings, started: float) -> JSONResponse:
+        result = await batcher.caption(name, image, settings)
         if result.error:
             return error(400, result.error)
         return JSONResponse({
@@ -198,6 +204,18 @@ def create_app(captioner: Captioner, eval_dir: Path | None = None, max_upload_mb
             "settings": {spec.name: getattr(settings, spec.name) for spec in FIELDS},
             "seconds": round(time.perf_counter() - started, 3),
         })
+
+    if library is not None:
+        async def caption_photo(path: Path) -> JSONResponse:
+            started = time.perf_counter()
+            try:
+                image = open_rgb(path, name=path.name)
+            except BadImageError as problem:
+                return error(404, str(problem))
+            settings = DecodeSettings(**{**captioner.recommended_decoding, "num_captions": 1})
+            return await captioned(path.name, image, settings, started)
+
+        add_library_routes(app, library, STATIC, caption_photo, error)
 
     @app.get("/api/review")
     async def review() -> JSONResponse:

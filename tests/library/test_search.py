@@ -1,0 +1,106 @@
+"""Search: BM25 over the stored captions and tags, then the model's own log P(query | photo); filters; the
+command and the Python API give the same answer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.api import Captioner
+from captioner.cli.command import main
+from captioner.data.vocab import clean_caption
+from captioner.decoding.likelihood import caption_log_likelihood
+from captioner.errors import CaptionerError
+from captioner.library import Filters, Library
+from captioner.library.browse import TAGGED
+from captioner.library.indexer import decode_settings
+from tests.library.helpers import collection, run_index
+
+
+@pytest.fixture(scope="module")
+def library(tiny_checkpoint: Path, tmp_path_factory) -> Path:
+    photos = collection(tiny_checkpoint, tmp_path_factory.mktemp("search") / "photos", count=12)
+    os.utime(photos / "a/photo01.png", ns=(0, 1_600_000_000 * 10**9))  # 2020-09-13
+    run_index(tiny_checkpoint, photos)
+    return photos / ".captioner"
+
+
+def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_checkpoint: Path,
+                                                                          library: Path) -> None:
+    query = "a red circle"
+    with Library(library) as opened:
+        results = opened.search(query, top_k=12)
+        root = opened.root
+    assert len(results.hits) == 12 and all(hit.reranked for hit in results.hits)
+    scores = [hit.score for hit in results.hits]
+    assert scores == sorted(scores, reverse=True)
+    captioner = Captioner.load(tiny_checkpoint, "cpu")
+    best, worst = results.hits[0], results.hits[-1]
+    _, features = captioner.describe_batch([(best.path, root / best.path), (worst.path, root / worst.path)],
+                                           decode_settings(captioner, 3))
+    tokens = torch.tensor([captioner.model.vocab.encode(clean_caption(query))] * 2)
+    expected = caption_log_likelihood(captioner.model.decoder, features.half(), tokens)
+    assert [best.score, worst.score] == pytest.approx(expected.tolist(), abs=0.05)  # bf16 batches of other sizes
+    assert best.caption and results.unknown_words == []
+
+
+def test_the_first_stage_passes_on_only_photos_whose_captions_match(library: Path) -> None:
+    with Library(library) as opened:
+        word = opened.database.connection.execute("SELECT text FROM captions WHERE rank = 1").fetchone()[0].split()[-1]
+        matching = {row[0] for row in opened.database.connection.execute(
+            "SELECT rowid FROM search_text WHERE search_text MATCH ?", (f'"{word}"',))}
+        results = opened.search(word, top_k=20, candidates=3)
+    assert 0 < results.candidates <= 3 and {hit.id for hit in results.hits} <= matching
+
+
+def test_filters_by_folder_tag_and_date(library: Path) -> None:
+    with Library(library) as opened:
+        assert {hit.path.split("/")[0] for hit in opened.search("a circle", filters=Filters(folder="b")).hits} == {"b"}
+        tag = opened.database.connection.execute("SELECT tag FROM tags ORDER BY probability DESC").fetchone()[0]
+        tagged = opened.search("a circle", filters=Filters(tag=tag)).hits
+        assert tagged and all(opened.database.connection.execute(
+            "SELECT 1 FROM tags WHERE image_id = ? AND tag = ? AND probability >= ?", (hit.id, tag, TAGGED)).fetchone()
+            for hit in tagged)
+        dated = opened.search("a circle", filters=Filters(after="2020-09-01", before="2020-09-30")).hits
+        assert [hit.path for hit in dated] == ["a/photo01.png"]
+
+
+def test_unknown_words_are_reported_and_still_searched(library: Path) -> None:
+    with Library(library) as opened:
+        results = opened.search("a zebra circle")
+    assert results.unknown_words == ["zebra"] and results.hits
+    with Library(library) as opened, pytest.raises(CaptionerError, match="no words"):
+        opened.search("?!")
+
+
+def test_the_command_prints_paths_and_captions(library: Path, capsys) -> None:
+    assert main(["search", "a red circle", "--library", str(library), "--top_k", "3", "--format", "json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert len(output["results"]) == 3 and Path(output["results"][0]["path"]).is_file()
+    with Library(library) as opened:
+        api = [str(opened.root / hit.path) for hit in opened.search("a red circle", top_k=3).hits]
+    assert [row["path"] for row in output["results"]] == api
+    assert main(["search", "a red circle", "--library", str(library), "--after", "2020-13-01"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_searching_a_folder_that_is_no_library_is_one_clear_message(tmp_path: Path, capsys) -> None:
+    assert main(["search", "a dog", "--library", str(tmp_path)]) == 2
+    assert "not a captioner library" in capsys.readouterr().err
+    assert not (tmp_path / "library.sqlite").exists()
+
+
+def test_export_gives_every_photo_with_caption_tags_and_alt_text(library: Path, capsys, tmp_path: Path) -> None:
+    assert main(["library", "export", "--library", str(library), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and all(Path(row["path"]).is_file() for row in rows)
+    first = rows[0]
+    assert first["alt_text"] == first["caption"][0].upper() + first["caption"][1:] + "." and len(first["tags"]) == 10
+    target = tmp_path / "photos.csv"
+    assert main(["library", "export", "--library", str(library), "--output", str(target)]) == 0
+    lines = target.read_text().splitlines()
+    assert lines[0] == "path,caption,tags,alt_text,width,height,taken" and len(lines) == 13
