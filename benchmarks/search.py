@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,12 +28,16 @@ from captioner.library.indexer import index, model_identity
 
 
 def photo_folder(images: list[Path], count: int, folder: Path) -> Path:
-    """`count` photos named photo_NNNNN.jpg, symlinks to the dataset's images taken in turn."""
+    """`count` photos named photo_NNNNN.jpg, hard links to (or copies of) the dataset's images taken in turn:
+    not symlinks, which lead out of the photo folder and are not indexed."""
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(count):
         link = folder / f"photo_{number:05d}.jpg"
         if not link.exists():
-            os.symlink(images[number % len(images)], link)
+            try:
+                os.link(images[number % len(images)], link)
+            except OSError:  # another file system
+                shutil.copyfile(images[number % len(images)], link)
     return folder
 
 

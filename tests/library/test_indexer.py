@@ -234,3 +234,43 @@ def test_indexing_one_folder_of_a_library_leaves_the_others_alone(tiny_checkpoin
     report = index([photos / "a"], Captioner.load(tiny_checkpoint, "cpu"), model_identity(tiny_checkpoint), folder,
                    root, progress_bar=False, say=lambda line: None)
     assert report.added == 1 and not report.work.removed and len(rows(folder)) == 7
+
+
+def test_photos_renumbered_onto_each_others_paths_keep_their_descriptions(tiny_checkpoint: Path,
+                                                                          tmp_path: Path) -> None:
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=8)
+    run_index(tiny_checkpoint, photos)
+    before = rows(photos / ".captioner")
+    chain = ["a/photo01.png", "a/photo03.png", "a/photo05.png", "a/photo07.png"]  # each moves one place on
+    os.rename(photos / chain[-1], photos / "a/photo09.png")
+    for old, new in reversed(list(zip(chain, chain[1:]))):
+        os.rename(photos / old, photos / new)
+    report = run_index(tiny_checkpoint, photos)
+    after = rows(photos / ".captioner")
+    assert report.added == report.recaptioned == 0  # no photo went through the model again
+    assert set(after) == set(before) - {"a/photo01.png"} | {"a/photo09.png"}
+    assert after["a/photo09.png"][1:] == before["a/photo07.png"][1:]
+    for old, new in zip(chain, chain[1:]):
+        assert after[new][1:] == before[old][1:], new
+
+
+def test_a_second_index_run_on_the_same_library_waits_its_turn(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from captioner.errors import CaptionerError
+    from captioner.library.indexer import writing
+
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=2)
+    run_index(tiny_checkpoint, photos)
+    with writing(photos / ".captioner"), pytest.raises(CaptionerError, match="another `captioner index`"):
+        run_index(tiny_checkpoint, photos)
+
+
+def test_symlinks_out_of_the_photo_folder_are_reported_and_not_indexed(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=2)
+    elsewhere = collection(tiny_checkpoint, tmp_path / "elsewhere", count=2)
+    os.symlink(elsewhere / "b", photos / "linked")
+    os.symlink(elsewhere / "b/c/photo00.png", photos / "a" / "linked.png")
+    said = []
+    folder, root = library_location([photos], None)
+    report = index([photos], Captioner.load(tiny_checkpoint, "cpu"), model_identity(tiny_checkpoint), folder, root,
+                   progress_bar=False, say=said.append)
+    assert report.added == 2 and len(said) == 2 and all("out of the photo folder" in line for line in said)

@@ -150,13 +150,16 @@ class LibraryDatabase:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All or nothing: BEGIN IMMEDIATE takes the write lock at once, so two writers wait instead of failing
         half way."""
-        self.connection.execute("BEGIN IMMEDIATE")
         try:
-            yield self.connection
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        self.connection.execute("COMMIT")
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.connection
+            except BaseException:
+                self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:  # a full disk, a read-only file, a lock held too long
+            raise CaptionerError(f"cannot write the library {self.path}: {error}") from error
 
     def meta(self) -> dict[str, str]:
         return dict(self.connection.execute("SELECT key, value FROM meta"))

@@ -41,18 +41,24 @@ class FeatureFile:
 
     @property
     def rows(self) -> int:
-        return self.path.stat().st_size // self.row_bytes
+        try:
+            return self.path.stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            raise CaptionerError(f"{self.path} is gone: index the library again with --reindex") from None
 
     def append(self, features: torch.Tensor) -> int:
         """Write (B, *shape) features at the end, durable before returning; the first new row's number."""
         if tuple(features.shape[1:]) != self.shape:
             raise ValueError(f"features of shape {tuple(features.shape[1:])}, the file holds {self.shape}")
         data = features.detach().to("cpu", torch.float16).contiguous().numpy().tobytes()
-        with self.path.open("ab") as file:
-            first = file.tell() // self.row_bytes
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with self.path.open("ab") as file:
+                first = file.tell() // self.row_bytes
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:  # a full disk: the rows nobody refers to are cut off by the next run
+            raise CaptionerError(f"cannot write {self.path}: {error.strerror}") from error
         return first
 
     def read(self, rows: list[int]) -> torch.Tensor:

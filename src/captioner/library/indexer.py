@@ -9,9 +9,12 @@ transaction, so a run killed at any moment loses at most the batch in flight.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -83,7 +86,10 @@ def library_location(photos: list[Path], library: Path | None) -> tuple[Path, Pa
 def photo_root(database: LibraryDatabase) -> Path:
     """The folder photo paths are relative to: stored relative to the library folder where it can be, so a
     collection moved together with its library keeps working."""
-    return Path(os.path.normpath(database.path.parent / database.meta()["root"]))
+    root = database.meta().get("root")
+    if root is None:  # made by a run killed before it recorded its photo folder
+        raise CaptionerError(f"the library {database.path.parent} holds no photos yet; run `captioner index` first")
+    return Path(os.path.normpath(database.path.parent / root))
 
 
 def plan(database: LibraryDatabase, files: list[PhotoFile], root: Path, model: str, reindex: bool = False) -> Work:
@@ -143,21 +149,33 @@ def apply_bookkeeping(database: LibraryDatabase, work: Work) -> None:
             db.execute("UPDATE images SET size = ?, mtime_ns = ?, removed_at = NULL WHERE id = ?",
                        (photo.size, photo.mtime_ns, image.id))
             _restore_search_text(db, image.id)
+        # every twin read before any row is replaced: a twin's own path may be a copy's destination (files
+        # renumbered or swapped)
+        described = {twin.id: _description(db, twin.id) for twin, _ in work.copied}
         for twin, photo in work.copied:
+            image, captions, tags, text = described[twin.id]
             db.execute("DELETE FROM search_text WHERE rowid IN (SELECT id FROM images WHERE path = ?)", (photo.path,))
             db.execute("DELETE FROM images WHERE path = ?", (photo.path,))
-            db.execute("INSERT INTO images (path, size, mtime_ns, sha256, width, height, taken, model, indexed_at,"
-                       " feature_row, error) SELECT ?, ?, ?, sha256, width, height, taken, model, ?, feature_row,"
-                       " error FROM images WHERE id = ?", (photo.path, photo.size, photo.mtime_ns, now, twin.id))
-            copy = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-            db.execute("INSERT INTO captions SELECT ?, rank, text, score FROM captions WHERE image_id = ?",
-                       (copy, twin.id))
-            db.execute("INSERT INTO tags SELECT ?, tag, probability FROM tags WHERE image_id = ?", (copy, twin.id))
-            db.execute("INSERT INTO search_text (rowid, captions, tags) SELECT ?, captions, tags FROM search_text"
-                       " WHERE rowid = ?", (copy, twin.id))
+            copy = db.execute("INSERT INTO images (path, size, mtime_ns, indexed_at, sha256, width, height, taken, "
+                              "model, feature_row, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                              (photo.path, photo.size, photo.mtime_ns, now, *image)).lastrowid
+            db.executemany("INSERT INTO captions VALUES (?, ?, ?, ?)", [(copy, *row) for row in captions])
+            db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(copy, *row) for row in tags])
+            if text is not None:
+                db.execute("INSERT INTO search_text (rowid, captions, tags) VALUES (?, ?, ?)", (copy, *text))
         for image in work.removed:
             db.execute("UPDATE images SET removed_at = ? WHERE id = ?", (now, image.id))
             db.execute("DELETE FROM search_text WHERE rowid = ?", (image.id,))
+
+
+def _description(db, image_id: int) -> tuple[tuple, list[tuple], list[tuple], tuple | None]:
+    """What a copy takes from its twin: the image's description columns, its captions, tags and search row."""
+    image = db.execute("SELECT sha256, width, height, taken, model, feature_row, error FROM images WHERE id = ?",
+                       (image_id,)).fetchone()
+    captions = db.execute("SELECT rank, text, score FROM captions WHERE image_id = ?", (image_id,)).fetchall()
+    tags = db.execute("SELECT tag, probability FROM tags WHERE image_id = ?", (image_id,)).fetchall()
+    text = db.execute("SELECT captions, tags FROM search_text WHERE rowid = ?", (image_id,)).fetchone()
+    return image, captions, tags, text
 
 
 def _restore_search_text(db, image_id: int) -> None:
@@ -256,11 +274,12 @@ def index(photos: list[Path], captioner: Captioner, model: str, folder: Path, ro
     """Bring the library at `folder` up to date with the photos under `photos` (all of `root` when empty).
     Under torchrun every process describes its share of each batch (`batch_size` photos per process) and the
     main process writes the database; the others return an empty report."""
-    from captioner.progress import progress
-
     settings = decode_settings(captioner, num_captions)
     if not processes.is_main:
-        todo, root = share_work(processes)
+        shared = share_work(processes)
+        if shared is None:  # the main process failed before the work was shared: it reports why
+            return IndexReport()
+        todo, root = shared
         step = batch_size * processes.world_size
         for start in range(0, len(todo), step):
             describe_shared(captioner, [(p.path, root / p.path) for p, _ in todo[start:start + step]], settings,
@@ -269,47 +288,80 @@ def index(photos: list[Path], captioner: Captioner, model: str, folder: Path, ro
     started = time.monotonic()
     report = IndexReport()
     folder = Path(os.path.abspath(folder))
-    with LibraryDatabase.open(folder, create=True) as database:
-        meta = database.meta()
-        if "root" not in meta:
-            with database.transaction() as db:
-                database.set_meta(db, root=os.path.relpath(root, folder))
-        root = photo_root(database)
-        found = scan(photos or [root], root, skip=folder)
-        for loop in found.loops:
-            say(f"not followed: {loop} leads back to a folder already indexed (a symlink loop)")
-        previous = meta.get("model")
-        report.model_changed = previous is not None and previous != model
-        work = plan(database, found.photos, root, model, reindex)
-        report.work = work
-        if report.model_changed:
-            stale = sum(1 for image in database.stored_images() if image.model != model and not image.removed)
-            say(f"the library was indexed with another model ({meta.get('model_path', previous[:12])}); "
-                f"describing its {stale} images again with {captioner.model.source}")
-        apply_bookkeeping(database, work)
-        with database.transaction() as db:
-            database.set_meta(db, model=model, model_path=str(Path(captioner.model.source).resolve()))
-        known = {image.path for image in database.stored_images()}
-        features: FeatureFile | None = None
-        todo = work.caption
-        share_work(processes, (todo, root))
-        step = batch_size * processes.world_size
-        with progress(total=len(todo), unit="img", desc="indexing", enabled=progress_bar and bool(todo)) as bar:
-            for start in range(0, len(todo), step):
-                batch = todo[start:start + step]
-                results, batch_features = describe_shared(
-                    captioner, [(photo.path, root / photo.path) for photo, _ in batch], settings, processes)
-                if batch_features is not None and features is None:
-                    shape = tuple(batch_features.shape[1:])
-                    features = open_features(database, folder, model, shape)
-                    with database.transaction() as db:
-                        database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
-                unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model)
-                report.unreadable += unreadable
-                work.vanished += vanished
-                stored = [photo for photo, _ in batch if (root / photo.path).exists()]
-                report.recaptioned += sum(1 for photo in stored if photo.path in known)
-                report.added += sum(1 for photo in stored if photo.path not in known)
-                bar.update(len(batch))
+    shared = [False]  # set once the work went to the other processes
+    try:
+        with LibraryDatabase.open(folder, create=True) as database, writing(folder):
+            _index_main(photos, captioner, model, folder, root, database, report, settings, batch_size, reindex,
+                        progress_bar, say, processes, shared)
+    finally:
+        if not shared[0]:
+            share_work(processes, None)  # failed before sharing: the other processes stop waiting
     report.seconds = time.monotonic() - started
     return report
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """One index run at a time per library: a second one would cut off the feature rows the first has written
+    and not yet committed."""
+    lock = open(folder / ".index.lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CaptionerError(f"another `captioner index` is writing the library {folder}; wait for it to end")
+        yield
+    finally:
+        lock.close()
+
+
+def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Path, root: Path,
+                database: LibraryDatabase, report: IndexReport, settings: DecodeSettings, batch_size: int,
+                reindex: bool, progress_bar: bool, say, processes: Processes, shared: list[bool]) -> None:
+    """index() in the main process."""
+    from captioner.progress import progress
+
+    meta = database.meta()
+    if "root" not in meta:
+        with database.transaction() as db:
+            database.set_meta(db, root=os.path.relpath(root, folder))
+    root = photo_root(database)
+    found = scan(photos or [root], root, skip=folder)
+    for loop in found.loops:
+        say(f"not followed: {loop} leads back to a folder already indexed (a symlink loop)")
+    for link in found.outside:
+        say(f"not indexed: {link} is a symlink out of the photo folder {root} (the library serves only its own)")
+    previous = meta.get("model")
+    report.model_changed = previous is not None and previous != model
+    work = plan(database, found.photos, root, model, reindex)
+    report.work = work
+    if report.model_changed:
+        stale = sum(1 for image in database.stored_images() if image.model != model and not image.removed)
+        say(f"the library was indexed with another model ({meta.get('model_path', previous[:12])}); "
+            f"describing its {stale} images again with {captioner.model.source}")
+    apply_bookkeeping(database, work)
+    with database.transaction() as db:
+        database.set_meta(db, model=model, model_path=str(Path(captioner.model.source).resolve()))
+    known = {image.path for image in database.stored_images()}
+    features: FeatureFile | None = None
+    todo = work.caption
+    share_work(processes, (todo, root))
+    shared[0] = True
+    step = batch_size * processes.world_size
+    with progress(total=len(todo), unit="img", desc="indexing", enabled=progress_bar and bool(todo)) as bar:
+        for start in range(0, len(todo), step):
+            batch = todo[start:start + step]
+            results, batch_features = describe_shared(
+                captioner, [(photo.path, root / photo.path) for photo, _ in batch], settings, processes)
+            if batch_features is not None and features is None:
+                shape = tuple(batch_features.shape[1:])
+                features = open_features(database, folder, model, shape)
+                with database.transaction() as db:
+                    database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
+            unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model)
+            report.unreadable += unreadable
+            work.vanished += vanished
+            stored = [photo for photo, _ in batch if (root / photo.path).exists()]
+            report.recaptioned += sum(1 for photo in stored if photo.path in known)
+            report.added += sum(1 for photo in stored if photo.path not in known)
+            bar.update(len(batch))

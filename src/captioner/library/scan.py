@@ -26,6 +26,7 @@ class PhotoFile:
 class Scan:
     photos: list[PhotoFile]
     loops: list[str]  # symlinked folders not followed because they lead back to a folder already walked
+    outside: list[str]  # symlinks leading out of the photo folder: not indexed, as the library never serves them
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -42,10 +43,11 @@ def scan(arguments: list[Path], root: Path, skip: Path | None = None) -> Scan:
     folder, with its thumbnails) is never walked."""
     found: dict[str, PhotoFile] = {}
     loops: list[str] = []
+    outside: list[str] = []
     for argument in arguments:
         absolute = Path(os.path.abspath(argument))
         if absolute.is_dir():
-            for path in _walk(absolute, skip, loops):
+            for path in _walk(absolute, skip, loops, outside, root.resolve()):
                 _add(found, path, root)
         elif absolute.is_file():
             if absolute.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -53,7 +55,7 @@ def scan(arguments: list[Path], root: Path, skip: Path | None = None) -> Scan:
             _add(found, absolute, root)
         else:
             raise CaptionerError(f"{argument} does not exist")
-    return Scan([found[name] for name in sorted(found)], loops)
+    return Scan([found[name] for name in sorted(found)], loops, outside)
 
 
 def _add(found: dict[str, PhotoFile], path: Path, root: Path) -> None:
@@ -65,9 +67,9 @@ def _add(found: dict[str, PhotoFile], path: Path, root: Path) -> None:
     found[name] = PhotoFile(name, stat.st_size, stat.st_mtime_ns)
 
 
-def _walk(top: Path, skip: Path | None, loops: list[str]) -> Iterator[Path]:
+def _walk(top: Path, skip: Path | None, loops: list[str], outside: list[str], real_root: Path) -> Iterator[Path]:
     """Image files under `top`, following symlinked folders unless they lead to a folder already on the way
-    (a loop) or already walked."""
+    (a loop) or already walked, or out of the photo folder."""
     seen: set[tuple[int, int]] = set()
     pending = [top]
     while pending:
@@ -90,6 +92,9 @@ def _walk(top: Path, skip: Path | None, loops: list[str]) -> Iterator[Path]:
             if entry.name.startswith(".") or (skip is not None and path == skip):
                 continue  # hidden files and folders (.git, .captioner, ._ files) are not photos
             try:
+                if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                    outside.append(str(path))
+                    continue
                 if entry.is_dir():
                     pending.append(path)
                 elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:

@@ -76,6 +76,9 @@ class Library:
         self.folder = Path(folder)
         self.database = LibraryDatabase.open(self.folder)
         self._model, self._device = model, device
+        # the model reranking and the identity of its features: fixed once chosen, so that an index run with
+        # another model meanwhile never pairs this decoder with another model's features
+        self._model_id: str | None = self.database.meta().get("model") if model is not None else None
         self._features: FeatureFile | None = None
 
     def close(self) -> None:
@@ -89,7 +92,7 @@ class Library:
 
     def use_model(self, model: TrainedModel) -> None:
         """Rerank with this already loaded model (the one that indexed the library) instead of loading it."""
-        self._model = model
+        self._model, self._model_id = model, self.database.meta().get("model")
 
     @property
     def root(self) -> Path:
@@ -106,7 +109,7 @@ class Library:
             if not path.exists():
                 raise CaptionerError(f"the library {self.folder} was indexed with {path}, which is gone; index it "
                                      "again with a model that exists (`captioner index --model_path M`)")
-            self._model = load_model(path, self._device)
+            self._model, self._model_id = load_model(path, self._device), meta["model"]
         return self._model
 
     def search(self, text: str, top_k: int = 20, candidates: int = CANDIDATES, filters: Filters | None = None,
@@ -154,7 +157,8 @@ class Library:
     def _likelihoods(self, ids: list[int], tokens: list[int]) -> dict[int, float]:
         """log P(query | photo) for the photos described by the library's current model (the others have no
         features of it)."""
-        model_id = self.database.meta()["model"]
+        decoder, device = self.model.decoder, self.model.device
+        model_id = self._model_id
         marks = ",".join("?" * len(ids))
         rows = self.database.connection.execute(
             f"SELECT id, feature_row FROM images WHERE model = ? AND feature_row IS NOT NULL AND id IN ({marks})",
@@ -162,7 +166,6 @@ class Library:
         if not rows:
             return {}
         features = self._feature_file(model_id)
-        decoder, device = self.model.decoder, self.model.device
         scores: dict[int, float] = {}
         for start in range(0, len(rows), RERANK_BATCH):
             chunk = rows[start:start + RERANK_BATCH]

@@ -27,6 +27,7 @@ PAGE = 60  # photos per page of the grid
 def add_library_routes(app: FastAPI, library: Library, static: Path, caption_photo, error) -> None:
     """`caption_photo(path)` captions a photo with attention (for the word hover); `error(status, message)`."""
     lock = threading.Lock()
+    root, name = library.root, library.root.name  # read once: the connection serves one thread at a time
 
     async def locked(function, *args):
         def run():
@@ -48,7 +49,7 @@ def add_library_routes(app: FastAPI, library: Library, static: Path, caption_pho
             (image_id,)).fetchone()
         if row is None:
             return None
-        path = photo_file(library.root, row[0])
+        path = photo_file(root, row[0])
         return (path, row[1]) if path is not None else None
 
     @app.get("/library")
@@ -60,7 +61,7 @@ def add_library_routes(app: FastAPI, library: Library, static: Path, caption_pho
         counts = await locked(library.database.counts)
         facets = await locked(tag_facets, library.database)
         return JSONResponse({**counts, "tags": [{"tag": t, "count": n} for t, n in facets],
-                             "name": library.root.name, "page": PAGE})
+                             "name": name, "page": PAGE})
 
     @app.get("/api/library/images")
     async def images(request: Request, offset: int = 0) -> JSONResponse:

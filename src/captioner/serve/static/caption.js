@@ -132,17 +132,12 @@ function render() {
   sentence.id = "caption-text";
   const hasAttention = Array.isArray(best.attention);
   best.tokens.forEach((word, index) => {
-    const token = document.createElement(hasAttention ? "button" : "span");
-    token.className = "word";
-    token.textContent = word;
+    let token = document.createElement("span");
     if (hasAttention) {
-      token.type = "button";
-      token.setAttribute("aria-label", `${word}: show where the model looked`);
-      const show = () => { markActive(token); drawAttention(best.attention[index]); };
-      token.addEventListener("mouseenter", show);
-      token.addEventListener("focus", show);
-      token.addEventListener("mouseleave", () => { markActive(null); clearOverlay(); });
-      token.addEventListener("blur", () => { markActive(null); clearOverlay(); });
+      token = wordButton(word, best.attention[index]);
+    } else {
+      token.className = "word";
+      token.textContent = word;
     }
     sentence.append(token, document.createTextNode(" "));
   });
@@ -164,16 +159,7 @@ function renderTags(result) {
   list.className = "tags";
   list.id = "tags";
   list.setAttribute("aria-label", "Tags the model gives this photo, with their probabilities");
-  state.tags.forEach(({ tag, probability }) => {
-    const item = document.createElement("li");
-    item.className = "tag";
-    item.textContent = `${tag} `;
-    const share = document.createElement("span");
-    share.className = "probability";
-    share.textContent = `${Math.round(probability * 100)}%`;
-    item.append(share);
-    list.append(item);
-  });
+  state.tags.forEach((tag) => list.append(tagItem(tag)));
   result.append(list);
 }
 
@@ -195,42 +181,6 @@ function renderAlternatives() {
     item.append(choose, score);
     list.append(item);
   });
-}
-
-function markActive(token) {
-  document.querySelectorAll(".caption .word.active").forEach((w) => w.classList.remove("active"));
-  if (token) token.classList.add("active");
-}
-
-function clearOverlay() {
-  const canvas = $("overlay");
-  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
-}
-
-// Spotlight: the photo stays bright where the model looked and is dimmed elsewhere.
-function drawAttention(map) {
-  const photo = $("photo");
-  const canvas = $("overlay");
-  canvas.width = photo.clientWidth;
-  canvas.height = photo.clientHeight;
-  const rows = map.length, columns = map[0].length;
-  const peak = Math.max(...map.flat()) || 1;
-  const small = document.createElement("canvas");
-  small.width = columns;
-  small.height = rows;
-  const pixels = small.getContext("2d").createImageData(columns, rows);
-  map.forEach((row, y) => row.forEach((value, x) => {
-    const offset = 4 * (y * columns + x);
-    pixels.data[offset] = 10; pixels.data[offset + 1] = 14; pixels.data[offset + 2] = 30;
-    pixels.data[offset + 3] = Math.round(190 * (1 - value / peak));
-  }));
-  small.getContext("2d").putImageData(pixels, 0, 0);
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  context.imageSmoothingEnabled = true;
-  context.imageSmoothingQuality = "high";
-  context.drawImage(small, 0, 0, canvas.width, canvas.height);
-  canvas.dataset.drawn = "true";
 }
 
 function pickFile(files) {

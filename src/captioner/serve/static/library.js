@@ -103,16 +103,7 @@ async function openPhoto(id) {
     item.append(words, value);
     return item;
   }));
-  $("viewer-tags").replaceChildren(...photo.tags.map(({ tag, probability }) => {
-    const item = document.createElement("li");
-    item.className = "tag";
-    item.textContent = `${tag} `;
-    const share = document.createElement("span");
-    share.className = "probability";
-    share.textContent = `${Math.round(probability * 100)}%`;
-    item.append(share);
-    return item;
-  }));
+  $("viewer-tags").replaceChildren(...photo.tags.map(tagItem));
   clearOverlay();
   $("viewer").showModal();
   $("close").focus();
@@ -131,59 +122,11 @@ async function loadAttention(id) {
     }
     const sentence = $("viewer-caption");
     sentence.replaceChildren();
-    best.tokens.forEach((word, index) => {
-      const token = document.createElement("button");
-      token.type = "button";
-      token.className = "word";
-      token.textContent = word;
-      token.setAttribute("aria-label", `${word}: show where the model looked`);
-      const show = () => { markActive(token); drawAttention(best.attention[index]); };
-      token.addEventListener("mouseenter", show);
-      token.addEventListener("focus", show);
-      token.addEventListener("mouseleave", () => { markActive(null); clearOverlay(); });
-      token.addEventListener("blur", () => { markActive(null); clearOverlay(); });
-      sentence.append(token, document.createTextNode(" "));
-    });
+    best.tokens.forEach((word, index) => sentence.append(wordButton(word, best.attention[index]), " "));
     $("viewer-hint").textContent = "Point at a word, or Tab to it, to light up where the model looked.";
   } catch (error) {
     $("viewer-hint").textContent = `No heatmap: ${error.message}`;
   }
-}
-
-function markActive(token) {
-  document.querySelectorAll(".caption .word.active").forEach((w) => w.classList.remove("active"));
-  if (token) token.classList.add("active");
-}
-
-function clearOverlay() {
-  const canvas = $("overlay");
-  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
-  delete canvas.dataset.drawn;
-}
-
-// Spotlight: the photo stays bright where the model looked and is dimmed elsewhere.
-function drawAttention(map) {
-  const photo = $("photo");
-  const canvas = $("overlay");
-  canvas.width = photo.clientWidth;
-  canvas.height = photo.clientHeight;
-  const rows = map.length, columns = map[0].length;
-  const peak = Math.max(...map.flat()) || 1;
-  const small = document.createElement("canvas");
-  small.width = columns;
-  small.height = rows;
-  const pixels = small.getContext("2d").createImageData(columns, rows);
-  map.forEach((row, y) => row.forEach((value, x) => {
-    const offset = 4 * (y * columns + x);
-    pixels.data[offset] = 10; pixels.data[offset + 1] = 14; pixels.data[offset + 2] = 30;
-    pixels.data[offset + 3] = Math.round(190 * (1 - value / peak));
-  }));
-  small.getContext("2d").putImageData(pixels, 0, 0);
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  context.imageSmoothingEnabled = true;
-  context.drawImage(small, 0, 0, canvas.width, canvas.height);
-  canvas.dataset.drawn = "true";
 }
 
 $("search").addEventListener("submit", (event) => {
