@@ -53,7 +53,21 @@ def test_two_processes_match_one(tmp_path: Path, decoder: str) -> None:
     for name, value in weights_one.items():
         # summation order differs across processes; Adam turns those float roundings of near-zero gradients
         # into steps of up to ~1e-4, so the weights agree to that, not bit for bit
-        torch.testing.assert_close(weights_two[name], value, atol=3e-4, rtol=1e-3, msg=name)
+        kept = attention_key_bias_left_out(name, value)
+        torch.testing.assert_close(weights_two[name][kept], value[kept], atol=3e-4, rtol=1e-3, msg=name)
+
+
+def attention_key_bias_left_out(name: str, value: torch.Tensor) -> torch.Tensor:
+    """All of a tensor but the transformer's key biases: softmax ignores a shift shared by every key, so their
+    gradient is zero in exact arithmetic and all Adam ever sees of it is rounding noise, which it scales up to
+    full-size steps that differ from one summation order to another."""
+    kept = torch.ones_like(value, dtype=torch.bool)
+    if name.endswith("self_qkv.bias"):  # queries, keys, values
+        third = value.shape[0] // 3
+        kept[third:2 * third] = False
+    elif name.endswith("cross_kv.bias"):  # keys, values
+        kept[: value.shape[0] // 2] = False
+    return kept
 
 
 def test_collectives_use_the_device_the_backend_takes(monkeypatch) -> None:
