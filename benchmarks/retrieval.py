@@ -2,14 +2,16 @@
 1000) form a library, each of their reference captions (5000) is a query, and the image it describes is the
 right answer. R@1, R@5, R@10 and the median rank for each stage of `captioner search`:
 
-    BM25 over the generated captions | over the tags | over both (the first stage)
-    the first stage, then the model's log P(query | image) over its best --candidates (what search does)
+    BM25 over the generated captions | over the tags | over both
+    the text-image embedding alone (models trained with --embedding_epochs)
+    a first stage's best --candidates reranked by log P(query | image) + w * cosine, for several w
     log P(query | image) over every image, no first stage (slow: --baseline_queries of them)
 
     python benchmarks/retrieval.py --model_path runs/RUN/best.pt [--split test] [--candidates 100]
 
-Tune on --split dev; report test. The library is built once in --library (default: a folder in /tmp) and
-reused while the model and images stay the same.
+Tune on --split dev (it prints the w dev likes best); report test. The library is built once in --library
+(default: a folder in /tmp) and reused while the model and images stay the same. Ends with the latency of
+`Library.search` itself on the split's library.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
 from captioner.library import Library
 from captioner.library.indexer import index, model_identity
+from captioner.library.search import EMBEDDING_WEIGHT
 
 MISSED = 10**9  # the rank of an image the stage did not return
+WEIGHTS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)
 
 
 def recalls(ranks: list[int]) -> dict[str, float]:
@@ -38,37 +42,23 @@ def recalls(ranks: list[int]) -> dict[str, float]:
             "R@10": 100 * sum(r <= 10 for r in ranks) / len(ranks), "median": statistics.median(ranks)}
 
 
-def bm25_ranks(library: Library, queries: list[tuple[str, int]], columns: str, limit: int) -> list[int]:
-    db = library.database.connection
-    ranks = []
-    for text, answer in queries:
-        words = " OR ".join(f'"{w}"' for w in dict.fromkeys(clean_caption(text)))
-        rows = db.execute("SELECT rowid FROM search_text WHERE search_text MATCH ? ORDER BY bm25(search_text) "
-                          "LIMIT ?", (f"{columns} : ({words})", limit)).fetchall()
-        found = [row[0] for row in rows]
-        ranks.append(found.index(answer) + 1 if answer in found else MISSED)
-    return ranks
+def rank_of(answer: int, scores: dict[int, float]) -> int:
+    if answer not in scores:
+        return MISSED
+    mine = scores[answer]
+    return 1 + sum(score > mine for score in scores.values())
 
 
-def search_ranks(library: Library, queries: list[tuple[str, int]], candidates: int) -> tuple[list[int], list[float]]:
-    ranks, seconds = [], []
-    for text, answer in queries:
-        started = time.perf_counter()
-        hits = library.search(text, top_k=candidates, candidates=candidates).hits
-        seconds.append(time.perf_counter() - started)
-        found = [hit.id for hit in hits]
-        ranks.append(found.index(answer) + 1 if answer in found else MISSED)
-    return ranks, seconds
+def bm25(library: Library, words: list[str], columns: str, limit: int) -> dict[int, float]:
+    match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+    rows = library.database.connection.execute(
+        "SELECT rowid, -bm25(search_text) FROM search_text WHERE search_text MATCH ? ORDER BY bm25(search_text) "
+        "LIMIT ?", (f"{columns} : ({match})", limit)).fetchall()
+    return dict(rows)
 
 
-def likelihood_ranks(library: Library, queries: list[tuple[str, int]], ids: list[int]) -> list[int]:
-    """Every image scored by log P(query | image); the rank of the right one."""
-    ranks = []
-    for text, answer in queries:
-        scores = library._likelihoods(ids, library.model.vocab.encode(clean_caption(text)))
-        mine = scores[answer]
-        ranks.append(1 + sum(score > mine for score in scores.values()))
-    return ranks
+def best(scores: dict[int, float], count: int) -> list[int]:
+    return sorted(scores, key=scores.get, reverse=True)[:count]
 
 
 def main() -> None:
@@ -81,6 +71,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, help="only the first N queries (default: all)")
     parser.add_argument("--baseline_queries", type=int, default=1000,
                         help="queries for the every-image likelihood (one per image; 0: skip it)")
+    parser.add_argument("--timed_queries", type=int, default=200, help="queries timed through Library.search")
     args = parser.parse_args()
     if not (args.data_dir / "Images").is_dir():
         sys.exit(f"no Flickr8k images in {args.data_dir}; pass --data_dir")
@@ -99,22 +90,50 @@ def main() -> None:
                    for caption in r.captions]
         queries = queries[: args.queries] if args.queries else queries
         everything = len(id_of)
-        rows = [("BM25, generated captions", recalls(bm25_ranks(library, queries, "captions", everything))),
-                ("BM25, tags", recalls(bm25_ranks(library, queries, "tags", everything))),
-                ("BM25, captions + tags (first stage)",
-                 recalls(bm25_ranks(library, queries, "{captions tags}", everything)))]
-        ranks, seconds = search_ranks(library, queries, args.candidates)
-        rows.append((f"first stage + log P(query | image), top {args.candidates}", recalls(ranks)))
+        ranks: dict[str, list[int]] = {name: [] for name in ("captions", "tags", "both", "embedding")}
+        reranked: dict[tuple[str, float], list[int]] = {(first, w): [] for first in ("bm25", "embedding")
+                                                        for w in WEIGHTS}
+        has_embedding = captioner.model.embedding is not None
+        for number, (text, answer) in enumerate(queries, 1):
+            words = clean_caption(text)
+            for name, columns in (("captions", "captions"), ("tags", "tags"), ("both", "{captions tags}")):
+                ranks[name].append(rank_of(answer, bm25(library, words, columns, everything)))
+            lexical = bm25(library, words, "{captions tags}", args.candidates)
+            cosine = library.similarities(words) if has_embedding else {}
+            ranks["embedding"].append(rank_of(answer, cosine))
+            firsts = {"bm25": best(lexical, args.candidates), "embedding": best(cosine, args.candidates)}
+            likelihood = library.likelihoods(sorted(set(firsts["bm25"]) | set(firsts["embedding"])), words)
+            for (first, w), kept in reranked.items():
+                kept.append(rank_of(answer, {i: likelihood[i] + w * cosine.get(i, 0.0) for i in firsts[first]}))
+            if number % 500 == 0:
+                print(f"{number}/{len(queries)} queries", file=sys.stderr)
+        rows = [("BM25, generated captions", recalls(ranks["captions"])), ("BM25, tags", recalls(ranks["tags"])),
+                ("BM25, captions + tags", recalls(ranks["both"]))]
+        if has_embedding:
+            rows.append(("text-image embedding", recalls(ranks["embedding"])))
+        scored = {key: recalls(kept) for key, kept in reranked.items()}
+        for first in ("bm25", "embedding") if has_embedding else ("bm25",):
+            chosen = max(WEIGHTS, key=lambda w: scored[(first, w)]["R@1"] + scored[(first, w)]["R@5"]
+                         + scored[(first, w)]["R@10"]) if has_embedding else 0.0
+            for w in dict.fromkeys((0.0, EMBEDDING_WEIGHT, chosen)) if has_embedding else (0.0,):
+                label = {0.0: ""}.get(w, f" + {w:g} cosine") + (" (this split's best)" if w == chosen and w else "")
+                rows.append((f"{first} top {args.candidates}, log P{label}", scored[(first, w)]))
         if args.baseline_queries:
             one_each = list({answer: (text, answer) for text, answer in queries}.values())[: args.baseline_queries]
-            rows.append((f"log P(query | image), every image ({len(one_each)} queries)",
-                         recalls(likelihood_ranks(library, one_each, list(id_of.values())))))
+            every = list(id_of.values())
+            baseline = [rank_of(answer, library.likelihoods(every, clean_caption(text))) for text, answer in one_each]
+            rows.append((f"log P(query | image), every image ({len(one_each)} queries)", recalls(baseline)))
+        seconds = []
+        for text, _ in queries[: args.timed_queries]:
+            started = time.perf_counter()
+            library.search(text, top_k=20, candidates=args.candidates)
+            seconds.append(time.perf_counter() - started)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; {args.model_path}; Flickr8k {args.split}: {everything} images, {len(queries)} queries")
-    print(f"{'stage':<58} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'median':>7}")
+    print(f"{'stage':<64} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'median':>7}")
     for name, result in rows:
         median = "-" if result["median"] >= MISSED else f"{result['median']:g}"
-        print(f"{name:<58} {result['R@1']:>6.1f} {result['R@5']:>6.1f} {result['R@10']:>6.1f} {median:>7}")
+        print(f"{name:<64} {result['R@1']:>6.1f} {result['R@5']:>6.1f} {result['R@10']:>6.1f} {median:>7}")
     seconds.sort()
     print(f"search latency: median {1000 * statistics.median(seconds):.0f} ms, "
           f"p95 {1000 * seconds[int(0.95 * (len(seconds) - 1))]:.0f} ms")

@@ -28,7 +28,7 @@ TINY_DECODING = {"strategy": "beam", "beam_size": 2, "length_penalty": 1.0, "no_
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """best.pt of a small attention model trained on 80 synthetic images (seconds); its shapes data sits at
     tiny_checkpoint.parents[2] / "shapes". Shared by the tests of everything that uses a trained model. Like a
-    preset's model it carries a recommended decoding, TINY_DECODING."""
+    preset's model it carries a recommended decoding, TINY_DECODING, and a text-image embedding."""
     from captioner.data.shapes import generate_shapes
     from captioner.training.config import TrainConfig
     from captioner.training.setup import build_trainer
@@ -38,7 +38,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     config = TrainConfig(dataset_type="shapes", data_dir=str(data), encoder="tiny_random", cache_dir=str(root / "cache"),
                          decoder="attention", embed_size=16, hidden_size=16, attention_dim=16, epochs=2,
                          batch_size=16, learning_rate=3e-3, output_dir=str(root / "runs"), freq_threshold=1,
-                         decoding=TINY_DECODING)
+                         decoding=TINY_DECODING, embedding_epochs=3)
     return build_trainer(config, ["captioner"]).run() / "best.pt"
 
 

@@ -16,7 +16,7 @@ from captioner.api import Captioner
 from captioner.cli.command import main
 from captioner.library.database import LibraryDatabase
 from captioner.library.feature_file import FeatureFile
-from captioner.library.indexer import (decode_settings, feature_path, feature_shape_key, index, library_location,
+from captioner.library.indexer import (decode_settings, embedding_path, feature_path, feature_shape_key, index, library_location,
                                        model_identity)
 from tests.library.helpers import collection, rows, run_index
 
@@ -103,8 +103,8 @@ def test_a_run_cut_off_between_batches_goes_on_where_it_stopped(tiny_checkpoint:
     model = model_identity(tiny_checkpoint)
     with LibraryDatabase.open(photos / ".captioner") as database:
         assert database.feature_rows(model) == 10
-    assert (photos / ".captioner" / feature_path(Path(), model).name).stat().st_size == \
-        (whole / ".captioner" / feature_path(Path(), model).name).stat().st_size  # the orphan row was cut off
+    for path in (feature_path(Path(), model), embedding_path(Path(), model)):  # the orphan rows were cut off
+        assert (photos / ".captioner" / path).stat().st_size == (whole / ".captioner" / path).stat().st_size > 0
 
 
 def test_another_model_describes_the_library_again_and_says_so(tiny_checkpoint: Path, tmp_path: Path) -> None:

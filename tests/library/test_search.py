@@ -48,13 +48,30 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
     assert best.caption and results.unknown_words == []
 
 
-def test_the_first_stage_passes_on_only_photos_whose_captions_match(library: Path) -> None:
-    with Library(library) as opened:
+def test_without_an_embedding_the_first_stage_passes_on_only_photos_whose_captions_match(
+        tiny_checkpoint: Path, tiny_transformer_checkpoint: Path, tmp_path: Path) -> None:
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=12)
+    run_index(tiny_transformer_checkpoint, photos)
+    with Library(photos / ".captioner") as opened:
         word = opened.database.connection.execute("SELECT text FROM captions WHERE rank = 1").fetchone()[0].split()[-1]
         matching = {row[0] for row in opened.database.connection.execute(
             "SELECT rowid FROM search_text WHERE search_text MATCH ?", (f'"{word}"',))}
         results = opened.search(word, top_k=20, candidates=3)
     assert 0 < results.candidates <= 3 and {hit.id for hit in results.hits} <= matching
+    assert all(hit.reranked for hit in results.hits)
+
+
+def test_with_an_embedding_the_nearest_photos_are_reranked_by_likelihood_and_cosine(library: Path) -> None:
+    query = "a red circle"
+    with Library(library) as opened:
+        cosine = opened.similarities(clean_caption(query))
+        assert len(cosine) == 12 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
+        nearest = sorted(cosine, key=cosine.get, reverse=True)[:3]
+        results = opened.search(query, top_k=20, candidates=3, embedding_weight=2.0)
+        likelihood = opened.likelihoods(nearest, clean_caption(query))
+    assert results.candidates == 3 and {hit.id for hit in results.hits} == set(nearest)
+    expected = sorted((likelihood[i] + 2.0 * cosine[i] for i in nearest), reverse=True)
+    assert [hit.score for hit in results.hits] == pytest.approx(expected)
 
 
 def test_filters_by_folder_tag_and_date(library: Path) -> None:

@@ -18,6 +18,7 @@ from captioner.cli.command import main
 from captioner.data.shapes import generate_shapes
 from captioner.errors import CaptionerError
 from captioner.models.checkpoint import load_checkpoint, save_checkpoint
+from captioner.models.loading import load_model
 from captioner.training.config import TrainConfig
 from captioner.training.resume import check_not_finished
 from captioner.training.setup import build_trainer
@@ -257,3 +258,14 @@ def test_an_interrupted_run_says_how_to_resume_it(shapes: Path, tmp_path: Path, 
     (run,) = (tmp_path / "runs").iterdir()
     assert f"{run} keeps epochs up to 1; go on with: captioner train --resume {run / 'model_epoch_1.pt'}" in \
         capsys.readouterr().err
+
+
+def test_a_trained_model_gains_a_search_embedding_without_more_caption_epochs(shapes: Path, tmp_path: Path) -> None:
+    first = cli_train(shapes, tmp_path, tmp_path / "first", "--epochs", "1")
+    assert "embedding" not in load_checkpoint(first / "best.pt")
+    continued = cli_train(shapes, tmp_path, tmp_path / "continued", "--model_path", str(first / "best.pt"),
+                          "--epochs", "0", "--embedding_epochs", "2")
+    parent, child = load_checkpoint(first / "best.pt"), load_checkpoint(continued / "best.pt")
+    assert all(torch.equal(child["model"][key], value) for key, value in parent["model"].items())
+    assert len(child["embedding"]["history"]) == 2
+    assert load_model(continued / "best.pt", "cpu").embedding is not None

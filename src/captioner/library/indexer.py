@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from captioner.api import Captioner, CaptionResult
@@ -28,6 +29,7 @@ from captioner.library.database import LibraryDatabase, StoredImage
 from captioner.library.feature_file import FeatureFile
 from captioner.library.scan import PhotoFile, content_hash, scan
 from captioner.library.sharing import describe_shared, share_work
+from captioner.models.embedding import TextImageEmbedding
 from captioner.training.distributed import Processes
 
 LIBRARY_FOLDER = ".captioner"
@@ -202,11 +204,16 @@ def exif_taken(path: Path) -> str | None:
 
 
 def store_batch(database: LibraryDatabase, features: FeatureFile | None, batch: list[tuple[PhotoFile, str]],
-                results: list[CaptionResult], batch_features, root: Path, model: str) -> tuple[int, int]:
-    """One batch's descriptions in one transaction (features written first); how many photos were unreadable,
-    and how many were deleted after the scan (left out: the next run marks them removed)."""
+                results: list[CaptionResult], batch_features, root: Path, model: str,
+                embeddings: tuple[FeatureFile, torch.Tensor] | None = None) -> tuple[int, int]:
+    """One batch's descriptions in one transaction (features, and the photos' embeddings row for row beside
+    them, written first); how many photos were unreadable, and how many were deleted after the scan (left out:
+    the next run marks them removed)."""
     readable = [i for i, result in enumerate(results) if result.error is None]
     first_row = features.append(batch_features) if features is not None and readable else None
+    if embeddings is not None and first_row is not None and embeddings[0].append(embeddings[1]) != first_row:
+        raise CaptionerError(f"{embeddings[0].path} and {features.path} no longer hold the same photos' rows; "
+                             "index the library again with --reindex")
     rows = {index: first_row + n for n, index in enumerate(readable)} if first_row is not None else {}
     now, unreadable, vanished = time.time(), 0, 0
     with database.transaction() as db:
@@ -248,6 +255,11 @@ def feature_path(folder: Path, model: str) -> Path:
     return folder / f"features-{model[:16]}.f16"
 
 
+def embedding_path(folder: Path, model: str) -> Path:
+    """Each photo's text-image embedding (models trained with one), row for row beside its features."""
+    return folder / f"embeddings-{model[:16]}.f16"
+
+
 def feature_shape_key(model: str) -> str:
     """The meta entry holding the shape of one row of the model's feature file, as "81x1280"."""
     return f"feature_shape:{model[:16]}"
@@ -255,6 +267,16 @@ def feature_shape_key(model: str) -> str:
 
 def open_features(database: LibraryDatabase, folder: Path, model: str, shape: tuple[int, ...]) -> FeatureFile:
     return FeatureFile.open(feature_path(folder, model), shape, database.feature_rows(model))
+
+
+def open_embeddings(database: LibraryDatabase, folder: Path, model: str, dim: int) -> FeatureFile:
+    return FeatureFile.open(embedding_path(folder, model), (dim,), database.feature_rows(model))
+
+
+@torch.no_grad()
+def embed_images(embedding: TextImageEmbedding, features: torch.Tensor) -> torch.Tensor:
+    device = next(embedding.parameters()).device
+    return embedding.embed_images(features.to(device)).cpu()
 
 
 def decode_settings(captioner: Captioner, num_captions: int) -> DecodeSettings:
@@ -344,6 +366,7 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
         database.set_meta(db, model=model, model_path=str(Path(captioner.model.source).resolve()))
     known = {image.path for image in database.stored_images()}
     features: FeatureFile | None = None
+    embedding, embeddings = captioner.model.embedding, None
     todo = work.caption
     share_work(processes, (todo, root))
     shared[0] = True
@@ -356,9 +379,15 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
             if batch_features is not None and features is None:
                 shape = tuple(batch_features.shape[1:])
                 features = open_features(database, folder, model, shape)
+                if embedding is not None:
+                    embeddings = open_embeddings(database, folder, model, embedding.config.dim)
                 with database.transaction() as db:
                     database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
-            unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model)
+            batch_embeddings = None
+            if embeddings is not None and batch_features is not None:
+                batch_embeddings = (embeddings, embed_images(embedding, batch_features))
+            unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model,
+                                               batch_embeddings)
             report.unreadable += unreadable
             work.vanished += vanished
             stored = [photo for photo, _ in batch if (root / photo.path).exists()]

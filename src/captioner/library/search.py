@@ -8,6 +8,7 @@ pass over at most `candidates` photos. A library no larger than `candidates` is 
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from captioner.errors import CaptionerError
 from captioner.library.browse import TAGGED
 from captioner.library.database import LibraryDatabase
 from captioner.library.feature_file import FeatureFile
-from captioner.library.indexer import feature_path, feature_shape_key, photo_root
+from captioner.library.indexer import embedding_path, feature_path, feature_shape_key, photo_root
 from captioner.models.loading import TrainedModel, load_model
 
 CANDIDATES = 100
+EMBEDDING_WEIGHT = 0.0  # chosen on dev (benchmarks/retrieval.py --split dev)
 RERANK_BATCH = 100
 
 
@@ -80,6 +82,7 @@ class Library:
         # another model meanwhile never pairs this decoder with another model's features
         self._model_id: str | None = self.database.meta().get("model") if model is not None else None
         self._features: FeatureFile | None = None
+        self._embeddings: FeatureFile | None = None
 
     def close(self) -> None:
         self.database.close()
@@ -93,6 +96,7 @@ class Library:
     def use_model(self, model: TrainedModel) -> None:
         """Rerank with this already loaded model (the one that indexed the library) instead of loading it."""
         self._model, self._model_id = model, self.database.meta().get("model")
+        self._features = self._embeddings = None
 
     @property
     def root(self) -> Path:
@@ -113,38 +117,61 @@ class Library:
         return self._model
 
     def search(self, text: str, top_k: int = 20, candidates: int = CANDIDATES, filters: Filters | None = None,
-               rerank: bool = True) -> SearchResults:
+               rerank: bool = True, embedding_weight: float | None = None) -> SearchResults:
+        """The `top_k` best photos for `text`. `rerank=False`: the first stage alone, BM25 (no model loaded).
+        `embedding_weight`: how much the embedding's cosine counts beside log P(query | photo) (default: the
+        weight chosen on dev, EMBEDDING_WEIGHT)."""
         words = clean_caption(text)
         if not words:
             raise CaptionerError(f"the query {text!r} has no words to search for")
         if top_k < 1 or candidates < 1:
             raise ValueError("top_k and candidates must be at least 1")
+        weight = EMBEDDING_WEIGHT if embedding_weight is None else embedding_weight
         results = SearchResults(text)
         where, values = (filters or Filters()).sql()
-        db = self.database.connection
-        eligible = db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}", values).fetchone()[0]
-        if eligible <= candidates and rerank:
-            rows = db.execute(f"SELECT i.id, i.path, 0.0 FROM images i WHERE {where} ORDER BY i.path", values)
-        else:
-            match = " OR ".join(f'"{word}"' for word in dict.fromkeys(words))
-            rows = db.execute(
-                f"SELECT i.id, i.path, -bm25(search_text, 1.0, 0.5) FROM search_text JOIN images i ON i.id = "
-                f"search_text.rowid WHERE search_text MATCH ? AND {where} ORDER BY bm25(search_text, 1.0, 0.5) "
-                f"LIMIT ?", [match, *values, candidates])
-        found = [(int(i), str(path), float(score)) for i, path, score in rows]
+        similarity: dict[int, float] = {}
+        if rerank:
+            vocab = self.model.vocab
+            results.unknown_words = [word for word in dict.fromkeys(words) if word not in vocab.stoi]
+            similarity = self.similarities(words, where, values)
+        found = self._first_stage(words, where, values, candidates, similarity, rerank)
         results.candidates = len(found)
         captions = self._best_captions([i for i, _, _ in found])
         if rerank and found:
-            vocab = self.model.vocab
-            results.unknown_words = [word for word in dict.fromkeys(words) if word not in vocab.stoi]
-            scores = self._likelihoods([i for i, _, _ in found], vocab.encode(words))
-            hits = [Hit(i, path, captions.get(i, ""), scores[i], True) if i in scores
-                    else Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
+            scores = self.likelihoods([i for i, _, _ in found], words)
+            hits = [Hit(i, path, captions.get(i, ""), scores[i] + weight * similarity.get(i, 0.0), True)
+                    if i in scores else Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
             hits.sort(key=lambda hit: (not hit.reranked, -hit.score))
         else:
             hits = [Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
         results.hits = hits[:top_k]
         return results
+
+    def _first_stage(self, words: list[str], where: str, values: list[object], candidates: int,
+                     similarity: dict[int, float], rerank: bool) -> list[tuple[int, str, float]]:
+        """(id, path, score) of the photos the reranking reads: every eligible photo of a library no larger than
+        `candidates`, else those the embedding finds nearest the query (models with one), else BM25's best."""
+        db = self.database.connection
+        eligible = db.execute(f"SELECT COUNT(*) FROM images i WHERE {where}", values).fetchone()[0]
+        if eligible <= candidates and rerank:
+            rows = db.execute(f"SELECT i.id, i.path, 0.0 FROM images i WHERE {where} ORDER BY i.path", values)
+            return [(int(i), str(path), float(score)) for i, path, score in rows]
+        if similarity:
+            nearest = heapq.nlargest(candidates, similarity.items(), key=lambda item: item[1])
+            paths = self._paths([i for i, _ in nearest])
+            return [(i, paths[i], score) for i, score in nearest]
+        match = " OR ".join(f'"{word}"' for word in dict.fromkeys(words))
+        rows = db.execute(
+            f"SELECT i.id, i.path, -bm25(search_text, 1.0, 0.5) FROM search_text JOIN images i ON i.id = "
+            f"search_text.rowid WHERE search_text MATCH ? AND {where} ORDER BY bm25(search_text, 1.0, 0.5) "
+            f"LIMIT ?", [match, *values, candidates])
+        return [(int(i), str(path), float(score)) for i, path, score in rows]
+
+    def _paths(self, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.database.connection.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids))
 
     def _best_captions(self, ids: list[int]) -> dict[int, str]:
         if not ids:
@@ -154,10 +181,34 @@ class Library:
             f"SELECT image_id, text FROM captions WHERE rank = 1 AND image_id IN ({marks})", ids)
         return dict(rows)
 
-    def _likelihoods(self, ids: list[int], tokens: list[int]) -> dict[int, float]:
+    def similarities(self, words: list[str], where: str = "1", values: list[object] | None = None
+                     ) -> dict[int, float]:
+        """Cosine between the query's and each eligible photo's embedding; empty for a model without one."""
+        embedding = self.model.embedding
+        model_id = self._model_id
+        if embedding is None or not self.database.meta().get(feature_shape_key(model_id)):
+            return {}
+        rows = self.database.connection.execute(
+            f"SELECT i.id, i.feature_row FROM images i WHERE {where} AND i.model = ? AND i.feature_row IS NOT NULL",
+            [*(values or []), model_id]).fetchall()
+        if not rows:
+            return {}
+        if self._embeddings is None:
+            self._embeddings = FeatureFile(embedding_path(self.folder, model_id), (embedding.config.dim,))
+        if not self._embeddings.path.exists():
+            return {}
+        photos = self._embeddings.read([row for _, row in rows]).float()
+        device = next(embedding.parameters()).device
+        with torch.no_grad():
+            query = embedding.embed_texts(torch.tensor([self.model.vocab.encode(words)[1:-1]], device=device))
+        cosines = (photos @ query[0].cpu()).tolist()
+        return {image_id: cosine for (image_id, _), cosine in zip(rows, cosines)}
+
+    def likelihoods(self, ids: list[int], words: list[str]) -> dict[int, float]:
         """log P(query | photo) for the photos described by the library's current model (the others have no
         features of it)."""
         decoder, device = self.model.decoder, self.model.device
+        tokens = self.model.vocab.encode(words)
         model_id = self._model_id
         marks = ",".join("?" * len(ids))
         rows = self.database.connection.execute(

@@ -4,6 +4,7 @@
     config.json         decoder architecture, encoder name and preprocessing, feature grid, provenance
     vocab.json          the vocabulary
     concepts.json       the concepts the concept head tags images with (models that have one)
+    the text-image embedding search ranks with ("embedding.*" weights, its config in config.json), when trained
     encoder.onnx, decoder_start.onnx, decoder_step.onnx   with --onnx (models/onnx.py)
 
 `load_model(folder)` (models/loading.py) reads it back and gives the checkpoint's captions exactly (the same
@@ -31,6 +32,8 @@ def export_bundle(model: TrainedModel, folder: Path) -> None:
     # each tensor a copy of its own: the transformer's output layer shares the embedding's weights, and
     # safetensors refuses tensors that share memory (loading ties them again: both keys get the same values)
     tensors |= {f"decoder.{k}": v.detach().cpu().clone().contiguous() for k, v in model.decoder.state_dict().items()}
+    if model.embedding is not None:
+        tensors |= {f"embedding.{k}": v.detach().cpu().contiguous() for k, v in model.embedding.state_dict().items()}
     spec = encoder.spec
     config = {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
@@ -42,6 +45,7 @@ def export_bundle(model: TrainedModel, folder: Path) -> None:
         "preprocessing": {"description": spec.transform_description(model.image_size), "resize": "bilinear, squash",
                           "size": model.image_size, "mean": list(spec.mean), "std": list(spec.std),
                           "features": "float16-rounded grid (H*W, C); pooled = mean of the grid"},
+        "embedding": model.embedding.config.to_dict() if model.embedding is not None else None,
         "source_checkpoint": str(model.source),
         "trained_on": {key: model.train_config.get(key) for key in ("dataset_type", "epochs", "preset", "decoding")},
     }

@@ -21,6 +21,7 @@ from captioner.errors import CaptionerError, first_line
 from captioner.features.encoders import Encoder, build_architecture, create_encoder, get_spec
 from captioner.models.checkpoint import load_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
+from captioner.models.embedding import EmbeddingConfig, TextImageEmbedding, build_embedding
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "captioner-bundle", 1
 
@@ -37,6 +38,7 @@ class TrainedModel:
     device: torch.device
     encoder: Encoder | None = None  # loaded with with_encoder=True
     concepts: ConceptVocabulary | None = None  # what the concept head tags images with; None without a head
+    embedding: TextImageEmbedding | None = None  # the text-image embedding search ranks with (--embedding_epochs)
 
     @property
     def image_size(self) -> int:
@@ -69,9 +71,20 @@ def _load_checkpoint_model(path: Path, device: torch.device) -> TrainedModel:
     vocab = Vocabulary.from_dict(checkpoint["vocab"], f"checkpoint {path}")
     saved = checkpoint.get("concepts")
     concepts = ConceptVocabulary.from_dict(saved, f"checkpoint {path}") if saved else None
+    embedding = _embedding(checkpoint.get("embedding"), path)
     return TrainedModel(decoder.to(device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
                         checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, device,
-                        concepts=concepts)
+                        concepts=concepts, embedding=embedding.to(device) if embedding is not None else None)
+
+
+def _embedding(saved: dict | None, source: Path) -> TextImageEmbedding | None:
+    """The embedding saved as {"config": ..., "state": ...}; None for models trained without one."""
+    if not saved:
+        return None
+    try:
+        return build_embedding(EmbeddingConfig(**saved["config"]), saved["state"]).eval()
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise CaptionerError(f"{source}: its text-image embedding does not load: {first_line(error)}") from error
 
 
 def _registry_encoder(model: TrainedModel, encoder_weights: Path | str | None) -> Encoder:
@@ -140,9 +153,11 @@ def _load_bundle(folder: Path, device: torch.device) -> TrainedModel:
                              "encoder that config.json names (edited or mixed files?); export the model again"
                              ) from error
     encoder_settings = {**settings, "transform": get_spec(settings["name"]).transform_description(settings["image_size"])}
+    embedding = (_embedding({"config": config["embedding"], "state": _prefixed(tensors, "embedding.")},
+                            folder / "model.safetensors") if config.get("embedding") else None)
     return TrainedModel(decoder.to(device).eval(), Vocabulary.from_dict(vocab_data, f"{folder}/vocab.json"),
                         settings["name"], encoder_settings, None, config.get("trained_on", {}), folder, device,
-                        encoder, concepts)
+                        encoder, concepts, embedding.to(device) if embedding is not None else None)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

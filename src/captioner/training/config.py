@@ -87,6 +87,10 @@ class TrainConfig:
                                            "gates and output (default) or attend to the likeliest concepts",
                                 choices=CONCEPT_INPUTS, group=MODEL)
     concept_top_k: int = option(20, "--concept_input attend: the likeliest concepts attended to", low=1, group=MODEL)
+    embedding_epochs: int = option(0, "after the captions, train the text-image embedding `captioner search` ranks "
+                                      "a library with for this many epochs (seconds each; 0: none)", low=0,
+                                   group=MODEL)
+    embedding_lr: float = option(2e-3, "peak learning rate of --embedding_epochs", above=0, group=MODEL)
     epochs: int = option(10, low=0, group=OPTIMISATION)
     batch_size: int = option(64, low=1, group=OPTIMISATION)
     learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)
@@ -172,8 +176,8 @@ def check_options(config: TrainConfig) -> None:
         check(config.schedule, prefix="--")
     except ValueError as error:
         raise CaptionerError(str(error)) from None
-    if config.epochs + config.scst_epochs < 1:
-        raise CaptionerError("--epochs and --scst_epochs are both 0: nothing to train")
+    if config.epochs + config.scst_epochs + config.embedding_epochs < 1:
+        raise CaptionerError("--epochs, --scst_epochs and --embedding_epochs are all 0: nothing to train")
     if config.use_concepts and not config.num_concepts:
         raise CaptionerError("--use_concepts reads the concept head's predictions; --num_concepts 0 leaves no head")
     if config.concept_epochs and not (config.num_concepts and config.concept_weight):

@@ -65,7 +65,7 @@ def check_not_finished(config: TrainConfig, checkpoint: dict) -> None:
                              "nothing is left to resume, whatever --early_stopping_patience says now. To train on, "
                              "continue it with --model_path and --epochs N (N more epochs of the same kind; early "
                              "stopping counts afresh)")
-    if checkpoint["epoch"] >= config.epochs + config.scst_epochs:
+    if checkpoint["epoch"] >= config.epochs + config.scst_epochs and not config.embedding_epochs:
         asked = f"--epochs {config.epochs}" + (f" and --scst_epochs {config.scst_epochs}" if config.scst_epochs else "")
         raise CaptionerError(f"checkpoint {config.resume} is of epoch {checkpoint['epoch']}, and {asked} end there: "
                              "nothing is left to train. Ask for more epochs, or continue it with --model_path and "

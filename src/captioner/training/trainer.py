@@ -21,12 +21,14 @@ from captioner.decoding.settings import DecodeSettings
 from captioner.devices import autocast
 from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
-from captioner.models.checkpoint import load_checkpoint
+from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig
+from captioner.models.embedding import EmbeddingConfig, build_embedding
 from captioner.progress import progress
 from captioner.training import samples, validation
 from captioner.training.batches import TrainingData, bucketed_batches, pad_captions
 from captioner.training.concept_stage import train_concept_head
+from captioner.training.embedding_stage import train_embedding
 from captioner.training.config import (
     SIDED_WARNING_SHARE,
     TrainConfig,
@@ -267,6 +269,10 @@ class Trainer:
             self.decoder.load_state_dict(load_checkpoint(best)["model"])
         self.files.finish(self.history, self.best_epoch)
         self.save_attention_pictures()
+        if c.embedding_epochs:
+            if not best.exists():  # no caption epochs (--epochs 0): an embedding for the model as it came
+                save_checkpoint(best, self.checkpoint(self.start_epoch - 1))
+            self.train_embedding(best)
         if c.show_samples:
             held_out = self.data.dataset.split("test") or self.data.dataset.split("dev")
             samples.show_samples(self.decoder, held_out, c.show_samples, self.features, self._features_of_rows,
@@ -279,6 +285,22 @@ class Trainer:
             self.decoder, self.features, self.concept_loss, np.unique(train.rows), np.unique(dev.rows),
             c.concept_epochs, c.concept_lr, flip=c.augment_flip, seed=c.seed, device=self.device, amp=c.amp,
             log=self.log)
+
+    def train_embedding(self, best: Path) -> None:
+        """The text-image embedding, its words starting from the decoder's; saved into best.pt beside it."""
+        c = self.config
+        words = getattr(self.decoder, "embed", None)
+        word_dim = words.weight.shape[1] if isinstance(words, nn.Embedding) else 512
+        config = EmbeddingConfig(self.features.grid_shape[2], len(self.vocab), word_dim, pad_id=self.vocab.pad_id)
+        embedding = build_embedding(config).to(self.device)
+        if isinstance(words, nn.Embedding):
+            embedding.words.weight.data.copy_(words.weight.detach().float())
+        history = train_embedding(embedding, self.features, self.data.train, self.data.dev, c.embedding_epochs,
+                                  c.embedding_lr, use_grid=self.decoder.uses_grid, flip=c.augment_flip, seed=c.seed,
+                                  device=self.device, log=self.log)
+        checkpoint = load_checkpoint(best)
+        checkpoint["embedding"] = {"config": config.to_dict(), "state": embedding.state_dict(), "history": history}
+        save_checkpoint(best, checkpoint)
 
     def _after_epoch(self, epoch: int, self_critical: bool, train_loss: float, reward: float | None, speed: float,
                      val_loss: float, scores: dict[str, float]) -> bool:

@@ -1,0 +1,106 @@
+"""A short stage after the captions (--embedding_epochs) that trains the text-image embedding search ranks a
+library with: on the cached features, a few seconds an epoch, with an optimizer and random numbers of its own.
+
+Each batch holds distinct photos with one of their captions drawn at random, so no photo is its own negative.
+The epoch kept is the one whose dev retrieval (R@1 + R@5 + R@10, each dev caption finding its photo among the
+dev photos) is best.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from captioner.features.source import FeatureSource
+from captioner.models.embedding import TextImageEmbedding
+from captioner.training.batches import CaptionExamples
+
+PHOTOS_PER_BATCH = 128
+EMBEDDED_AT_ONCE = 500
+
+
+def captions_by_photo(examples: CaptionExamples) -> dict[int, list[list[int]]]:
+    """Feature row -> its captions' word ids, without <start> and <end>."""
+    grouped: dict[int, list[list[int]]] = defaultdict(list)
+    for row, caption in zip(examples.rows.tolist(), examples.captions):
+        if len(caption) > 2:
+            grouped[row].append(caption[1:-1])
+    return dict(grouped)
+
+
+def pad(captions: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+    tokens = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
+    for i, caption in enumerate(captions):
+        tokens[i, :len(caption)] = torch.tensor(caption)
+    return tokens
+
+
+def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples,
+                    dev: CaptionExamples, epochs: int, learning_rate: float, *, use_grid: bool, flip: bool, seed: int,
+                    device: torch.device, log: Callable[[str], None]) -> list[dict]:
+    """Train `model` for `epochs`, leave it with the weights of its best dev epoch; one history entry per epoch."""
+    photos = captions_by_photo(train)
+    rows = np.asarray(sorted(photos))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    steps = epochs * -(-len(rows) // PHOTOS_PER_BATCH)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=max(steps, 1),
+                                                   pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed * 7919 + 2)
+    history, best, best_state = [], -1.0, None
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        total = 0.0
+        for start in range(0, len(order), PHOTOS_PER_BATCH):
+            batch_rows = order[start:start + PHOTOS_PER_BATCH]
+            picks = torch.randint(0, 1 << 30, (len(batch_rows),), generator=generator).tolist()
+            captions = [photos[row][pick % len(photos[row])] for row, pick in zip(batch_rows.tolist(), picks)]
+            mirrored = (torch.rand(len(batch_rows), generator=generator) < 0.5).numpy() if flip else None
+            with torch.no_grad():
+                batch = features.features(batch_rows, use_grid, flip=mirrored).to(device)
+            loss = model.contrastive_loss(batch, pad(captions).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch_rows)
+        scores = retrieval_scores(model, features, dev, use_grid, device)
+        entry = {"epoch": epoch, "train_loss": total / len(order), **scores, "seconds": time.perf_counter() - started}
+        history.append(entry)
+        rsum = scores["R@1"] + scores["R@5"] + scores["R@10"]
+        if rsum > best:
+            best, best_state = rsum, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"Embedding epoch {epoch}/{epochs}: train {entry['train_loss']:.3f} | dev R@1 {scores['R@1']:.1f} "
+            f"R@5 {scores['R@5']:.1f} R@10 {scores['R@10']:.1f} | {entry['seconds']:.0f} s")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def retrieval_scores(model: TextImageEmbedding, features: FeatureSource, examples: CaptionExamples, use_grid: bool,
+                     device: torch.device) -> dict[str, float]:
+    """Text-to-image R@1/5/10 and median rank of the examples' captions among the examples' photos."""
+    model.eval()
+    photos = captions_by_photo(examples)
+    rows = sorted(photos)
+    images = torch.cat([model.embed_images(features.features(np.asarray(rows[i:i + EMBEDDED_AT_ONCE]), use_grid)
+                                           .to(device)) for i in range(0, len(rows), EMBEDDED_AT_ONCE)])
+    queries = [(caption, index) for index, row in enumerate(rows) for caption in photos[row]]
+    ranks = []
+    for start in range(0, len(queries), EMBEDDED_AT_ONCE):
+        chunk = queries[start:start + EMBEDDED_AT_ONCE]
+        texts = model.embed_texts(pad([caption for caption, _ in chunk]).to(device))
+        similarity = texts @ images.T
+        answers = torch.tensor([index for _, index in chunk], device=device)
+        mine = similarity.gather(1, answers.unsqueeze(1))
+        ranks += (1 + (similarity > mine).sum(1)).tolist()
+    ranks_array = np.asarray(ranks)
+    return {"R@1": 100 * float((ranks_array <= 1).mean()), "R@5": 100 * float((ranks_array <= 5).mean()),
+            "R@10": 100 * float((ranks_array <= 10).mean()), "median_rank": float(np.median(ranks_array))}
