@@ -54,7 +54,10 @@ def test_search_browse_and_one_photo(served) -> None:
 def test_bad_requests_get_clear_answers(served) -> None:
     client, _, _ = served
     assert client.get("/api/search").status_code == 422
-    assert client.get("/api/search", params={"q": "a dog", "after": "yesterday"}).status_code == 422
+    answer = client.get("/api/search", params={"q": "a dog", "after": "yesterday"})
+    assert answer.status_code == 422 and "YYYY-MM-DD" in answer.text
+    answer = client.get("/api/library/images", params={"before": "2020-13-01"})
+    assert answer.status_code == 422 and "before 2020-13-01" in answer.text
     assert client.get("/api/library/image/999").status_code == 404
     assert client.get("/api/library/photo/not-a-number").status_code == 422
     assert client.get("/api/library/photo/..%2F..%2Fsecret.png").status_code in (404, 422)

@@ -29,13 +29,8 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.errors import CaptionerError
     from captioner.library import Filters, Library
 
-    for name in ("after", "before"):
-        value = getattr(args, name)
-        if value is not None and not _is_date(value):
-            raise CaptionerError(f"--{name} {value}: expected a date as YYYY-MM-DD")
     filters = Filters(args.folder, args.tag, args.after, args.before)
     with Library(args.library, device=args.device) as library:
         results = library.search(args.query, args.top_k, args.candidates, filters, rerank=not args.no_rerank)
@@ -55,12 +50,3 @@ def run(args: argparse.Namespace) -> int:
         print("no photo matches", file=sys.stderr)
     return 0
 
-
-def _is_date(value: str) -> bool:
-    from datetime import date
-
-    try:
-        date.fromisoformat(value)
-    except ValueError:
-        return False
-    return len(value) == 10

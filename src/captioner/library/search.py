@@ -9,6 +9,7 @@ pass over at most `candidates` photos. A library no larger than `candidates` is 
 from __future__ import annotations
 
 import heapq
+from datetime import date
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,12 @@ class Filters:
     after: str | None = None  # YYYY-MM-DD, inclusive; the EXIF date where the photo has one, else its mtime
     before: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if value is not None and not _is_date(value):
+                raise CaptionerError(f"{name} {value}: expected a date as YYYY-MM-DD")
+
     def sql(self) -> tuple[str, list[object]]:
         clauses, values = ["i.removed_at IS NULL", "i.error IS NULL"], []
         if self.folder:
@@ -69,6 +76,14 @@ class Filters:
             clauses.append(f"{date} <= ?")
             values.append(self.before)
         return " AND ".join(clauses), values
+
+
+def _is_date(value: str) -> bool:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return len(value) == 10
 
 
 class Library:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import date
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -37,9 +36,6 @@ def add_library_routes(app: FastAPI, library: Library, static: Path, caption_pho
 
     def filters_of(request: Request) -> Filters:
         query = request.query_params
-        for name in ("after", "before"):
-            if query.get(name):
-                date.fromisoformat(query[name])  # ValueError: answered with 422
         return Filters(query.get("folder") or None, query.get("tag") or None, query.get("after") or None,
                        query.get("before") or None)
 
@@ -67,8 +63,8 @@ def add_library_routes(app: FastAPI, library: Library, static: Path, caption_pho
     async def images(request: Request, offset: int = 0) -> JSONResponse:
         try:
             where, values = filters_of(request).sql()
-        except ValueError as problem:
-            return error(422, f"dates are YYYY-MM-DD: {problem}")
+        except CaptionerError as problem:  # a date that is not YYYY-MM-DD
+            return error(422, str(problem))
         total, rows = await locked(browse, library.database, where, values, max(0, offset), PAGE)
         return JSONResponse({"total": total, "offset": offset, "images": rows})
 
