@@ -181,7 +181,7 @@ def _description(db, image_id: int) -> tuple[tuple, list[tuple], list[tuple], tu
 
 
 def _restore_search_text(db, image_id: int) -> None:
-    """The image's search row, rebuilt from its captions and tags."""
+    """The image's search row, built from its stored captions and tags (the one place that builds it)."""
     db.execute("DELETE FROM search_text WHERE rowid = ?", (image_id,))
     db.execute("INSERT INTO search_text (rowid, captions, tags) SELECT i.id, COALESCE((SELECT group_concat(text, "
                "' . ') FROM (SELECT text FROM captions WHERE image_id = i.id ORDER BY rank)), ''), COALESCE((SELECT "
@@ -245,9 +245,7 @@ def store_batch(database: LibraryDatabase, features: FeatureFile | None, batch: 
                            [(image_id, rank, c.text, c.score) for rank, c in enumerate(result.captions, 1)])
             db.executemany("INSERT INTO tags VALUES (?, ?, ?)",
                            [(image_id, tag, probability) for tag, probability in result.tags])
-            db.execute("INSERT INTO search_text (rowid, captions, tags) VALUES (?, ?, ?)",
-                       (image_id, " . ".join(c.text for c in result.captions),
-                        " ".join(tag for tag, _ in result.tags)))
+            _restore_search_text(db, image_id)
     return unreadable, vanished
 
 
