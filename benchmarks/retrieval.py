@@ -34,7 +34,9 @@ from captioner.library.indexer import index, model_identity
 from captioner.library.search import EMBEDDING_WEIGHT
 
 MISSED = 10**9  # the rank of an image the stage did not return
-WEIGHTS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 60.0)
+WEIGHTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 130.0)
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PRIOR_WEIGHT = 0.0  # what search subtracts (dev chose none of PRIOR_WEIGHTS)
 
 
 def recalls(ranks: list[int]) -> dict[str, float]:
@@ -61,6 +63,21 @@ def best(scores: dict[int, float], count: int) -> list[int]:
     return sorted(scores, key=scores.get, reverse=True)[:count]
 
 
+def image_prior(library: Library, data_dir: Path, id_of: dict[str, int], count: int) -> dict[int, float]:
+    """Each library image's mean log P over `count` training captions drawn once (the same for every image):
+    how likely the model finds any sentence for it."""
+    import random
+
+    training = [text for record in load_dataset("flickr8k", data_dir).split("train") for text in record.captions]
+    sample = random.Random(0).sample(training, count)
+    ids = list(id_of.values())
+    total = dict.fromkeys(ids, 0.0)
+    for text in sample:
+        for image_id, value in library.likelihoods(ids, clean_caption(text)).items():
+            total[image_id] += value / count
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", type=Path, required=True)
@@ -68,9 +85,12 @@ def main() -> None:
     parser.add_argument("--split", choices=("dev", "test"), default="test")
     parser.add_argument("--candidates", type=int, default=100, help="what the first stage passes to the reranking")
     parser.add_argument("--library", type=Path, help="library folder (default: one in the temporary folder)")
-    parser.add_argument("--queries", type=int, help="only the first N queries (default: all)")
+    parser.add_argument("--queries", type=int, help="only N queries: each image's first caption, then second... (default: all)")
     parser.add_argument("--baseline_queries", type=int, default=1000,
                         help="queries for the every-image likelihood (one per image; 0: skip it)")
+    parser.add_argument("--prior_captions", type=int, default=0,
+                        help="also try subtracting each image's mean log P over this many training captions")
+    parser.add_argument("--sweep", action="store_true", help="print every weight tried (to stderr)")
     parser.add_argument("--timed_queries", type=int, default=200, help="queries timed through Library.search")
     args = parser.parse_args()
     if not (args.data_dir / "Images").is_dir():
@@ -86,14 +106,18 @@ def main() -> None:
     with Library(folder, captioner.model) as library:
         id_of = dict(library.database.connection.execute("SELECT path, id FROM images WHERE removed_at IS NULL"))
         root = library.root
-        queries = [(caption, id_of[Path(r.image).relative_to(root).as_posix()]) for r in records
-                   for caption in r.captions]
-        queries = queries[: args.queries] if args.queries else queries
+        numbered = [(n, caption, id_of[Path(r.image).relative_to(root).as_posix()]) for r in records
+                    for n, caption in enumerate(r.captions)]
+        if args.queries:  # spread over the split: each image's first caption, then each one's second...
+            numbered = sorted(numbered, key=lambda query: query[0])[: args.queries]
+        queries = [(caption, answer) for _, caption, answer in numbered]
         everything = len(id_of)
         ranks: dict[str, list[int]] = {name: [] for name in ("captions", "tags", "both", "embedding")}
-        reranked: dict[tuple[str, float], list[int]] = {(first, w): [] for first in ("bm25", "embedding")
-                                                        for w in WEIGHTS}
         has_embedding = captioner.model.embedding is not None
+        prior = image_prior(library, args.data_dir, id_of, args.prior_captions) if args.prior_captions else {}
+        combos = [(first, w, b) for first in (("bm25", "embedding") if has_embedding else ("bm25",))
+                  for w in (WEIGHTS if has_embedding else (0.0,)) for b in (PRIOR_WEIGHTS if prior else (0.0,))]
+        reranked: dict[tuple[str, float, float], list[int]] = {combo: [] for combo in combos}
         for number, (text, answer) in enumerate(queries, 1):
             words = clean_caption(text)
             for name, columns in (("captions", "captions"), ("tags", "tags"), ("both", "{captions tags}")):
@@ -103,21 +127,30 @@ def main() -> None:
             ranks["embedding"].append(rank_of(answer, cosine))
             firsts = {"bm25": best(lexical, args.candidates), "embedding": best(cosine, args.candidates)}
             likelihood = library.likelihoods(sorted(set(firsts["bm25"]) | set(firsts["embedding"])), words)
-            for (first, w), kept in reranked.items():
-                kept.append(rank_of(answer, {i: likelihood[i] + w * cosine.get(i, 0.0) for i in firsts[first]}))
+            for first, w, b in combos:
+                reranked[(first, w, b)].append(rank_of(answer, {
+                    i: likelihood[i] + w * cosine.get(i, 0.0) - b * prior.get(i, 0.0) for i in firsts[first]}))
             if number % 500 == 0:
                 print(f"{number}/{len(queries)} queries", file=sys.stderr)
         rows = [("BM25, generated captions", recalls(ranks["captions"])), ("BM25, tags", recalls(ranks["tags"])),
                 ("BM25, captions + tags", recalls(ranks["both"]))]
         if has_embedding:
             rows.append(("text-image embedding", recalls(ranks["embedding"])))
-        scored = {key: recalls(kept) for key, kept in reranked.items()}
-        for first in ("bm25", "embedding") if has_embedding else ("bm25",):
-            chosen = max(WEIGHTS, key=lambda w: scored[(first, w)]["R@1"] + scored[(first, w)]["R@5"]
-                         + scored[(first, w)]["R@10"]) if has_embedding else 0.0
-            for w in dict.fromkeys((0.0, EMBEDDING_WEIGHT, chosen)) if has_embedding else (0.0,):
-                label = {0.0: ""}.get(w, f" + {w:g} cosine") + (" (this split's best)" if w == chosen and w else "")
-                rows.append((f"{first} top {args.candidates}, log P{label}", scored[(first, w)]))
+        scored = {combo: recalls(kept) for combo, kept in reranked.items()}
+        if args.sweep:
+            for (first, w, b), result in scored.items():
+                print(f"sweep {first} w={w:g} b={b:g}: R@1 {result['R@1']:.1f} R@5 {result['R@5']:.1f} "
+                      f"R@10 {result['R@10']:.1f}", file=sys.stderr)
+        for first in dict.fromkeys(first for first, _, _ in combos):
+            mine = [combo for combo in combos if combo[0] == first]
+            chosen = max(mine, key=lambda combo: scored[combo]["R@1"] + scored[combo]["R@5"] + scored[combo]["R@10"])
+            default = (first, EMBEDDING_WEIGHT if has_embedding else 0.0, PRIOR_WEIGHT if prior else 0.0)
+            for combo in dict.fromkeys(((first, 0.0, 0.0), default, chosen)):
+                _, w, b = combo
+                label = (f" + {w:g} cosine" if w else "") + (f" - {b:g} prior" if b else "")
+                label += " (search's default)" if combo == default and combo != (first, 0.0, 0.0) else ""
+                label += " (this split's best)" if combo == chosen else ""
+                rows.append((f"{first} top {args.candidates}, log P{label}", scored[combo]))
         if args.baseline_queries:
             one_each = list({answer: (text, answer) for text, answer in queries}.values())[: args.baseline_queries]
             every = list(id_of.values())
@@ -134,9 +167,10 @@ def main() -> None:
     for name, result in rows:
         median = "-" if result["median"] >= MISSED else f"{result['median']:g}"
         print(f"{name:<64} {result['R@1']:>6.1f} {result['R@5']:>6.1f} {result['R@10']:>6.1f} {median:>7}")
-    seconds.sort()
-    print(f"search latency: median {1000 * statistics.median(seconds):.0f} ms, "
-          f"p95 {1000 * seconds[int(0.95 * (len(seconds) - 1))]:.0f} ms")
+    if seconds:
+        seconds.sort()
+        print(f"search latency ({len(seconds)} queries): median {1000 * statistics.median(seconds):.0f} ms, "
+              f"p95 {1000 * seconds[int(0.95 * (len(seconds) - 1))]:.0f} ms")
 
 
 if __name__ == "__main__":
