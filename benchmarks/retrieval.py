@@ -4,7 +4,8 @@ right answer. R@1, R@5, R@10 and the median rank for each stage of `captioner se
 
     BM25 over the generated captions | over the tags | over both
     the text-image embedding alone (models trained with --embedding_epochs)
-    a first stage's best --candidates reranked by log P(query | image) + w * cosine, for several w
+    a first stage's best --candidates reranked by log P(query | image) + w * cosine + v * concept score,
+    for several w and v
     log P(query | image) over every image, no first stage (slow: --baseline_queries of them)
 
     python benchmarks/retrieval.py --model_path runs/RUN/best.pt [--split test] [--candidates 100]
@@ -31,10 +32,11 @@ from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
 from captioner.library import Library
 from captioner.library.indexer import index, model_identity
-from captioner.library.search import EMBEDDING_WEIGHT
+from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT, combined
 
 MISSED = 10**9  # the rank of an image the stage did not return
-WEIGHTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 130.0)
+WEIGHTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0)
+CONCEPT_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PRIOR_WEIGHT = 0.0  # what search subtracts (dev chose none of PRIOR_WEIGHTS)
 
@@ -115,9 +117,11 @@ def main() -> None:
         ranks: dict[str, list[int]] = {name: [] for name in ("captions", "tags", "both", "embedding")}
         has_embedding = captioner.model.embedding is not None
         prior = image_prior(library, args.data_dir, id_of, args.prior_captions) if args.prior_captions else {}
-        combos = [(first, w, b) for first in (("bm25", "embedding") if has_embedding else ("bm25",))
-                  for w in (WEIGHTS if has_embedding else (0.0,)) for b in (PRIOR_WEIGHTS if prior else (0.0,))]
-        reranked: dict[tuple[str, float, float], list[int]] = {combo: [] for combo in combos}
+        has_concepts = captioner.can_tag
+        combos = [(first, w, v, b) for first in (("bm25", "embedding") if has_embedding else ("bm25",))
+                  for w in (WEIGHTS if has_embedding else (0.0,)) for v in (CONCEPT_WEIGHTS if has_concepts else (0.0,))
+                  for b in (PRIOR_WEIGHTS if prior else (0.0,))]
+        reranked: dict[tuple[str, float, float, float], list[int]] = {combo: [] for combo in combos}
         for number, (text, answer) in enumerate(queries, 1):
             words = clean_caption(text)
             for name, columns in (("captions", "captions"), ("tags", "tags"), ("both", "{captions tags}")):
@@ -126,10 +130,10 @@ def main() -> None:
             cosine = library.similarities(words) if has_embedding else {}
             ranks["embedding"].append(rank_of(answer, cosine))
             firsts = {"bm25": best(lexical, args.candidates), "embedding": best(cosine, args.candidates)}
-            likelihood = library.likelihoods(sorted(set(firsts["bm25"]) | set(firsts["embedding"])), words)
-            for first, w, b in combos:
-                reranked[(first, w, b)].append(rank_of(answer, {
-                    i: likelihood[i] + w * cosine.get(i, 0.0) - b * prior.get(i, 0.0) for i in firsts[first]}))
+            evidence = library.evidence(sorted(set(firsts["bm25"]) | set(firsts["embedding"])), words)
+            for first, w, v, b in combos:
+                reranked[(first, w, v, b)].append(rank_of(answer, {
+                    i: combined(evidence[i], cosine.get(i, 0.0), w, v) - b * prior.get(i, 0.0) for i in firsts[first]}))
             if number % 500 == 0:
                 print(f"{number}/{len(queries)} queries", file=sys.stderr)
         rows = [("BM25, generated captions", recalls(ranks["captions"])), ("BM25, tags", recalls(ranks["tags"])),
@@ -138,17 +142,20 @@ def main() -> None:
             rows.append(("text-image embedding", recalls(ranks["embedding"])))
         scored = {combo: recalls(kept) for combo, kept in reranked.items()}
         if args.sweep:
-            for (first, w, b), result in scored.items():
-                print(f"sweep {first} w={w:g} b={b:g}: R@1 {result['R@1']:.1f} R@5 {result['R@5']:.1f} "
+            for (first, w, v, b), result in scored.items():
+                print(f"sweep {first} w={w:g} v={v:g} b={b:g}: R@1 {result['R@1']:.1f} R@5 {result['R@5']:.1f} "
                       f"R@10 {result['R@10']:.1f}", file=sys.stderr)
-        for first in dict.fromkeys(first for first, _, _ in combos):
+        for first in dict.fromkeys(combo[0] for combo in combos):
             mine = [combo for combo in combos if combo[0] == first]
             chosen = max(mine, key=lambda combo: scored[combo]["R@1"] + scored[combo]["R@5"] + scored[combo]["R@10"])
-            default = (first, EMBEDDING_WEIGHT if has_embedding else 0.0, PRIOR_WEIGHT if prior else 0.0)
-            for combo in dict.fromkeys(((first, 0.0, 0.0), default, chosen)):
-                _, w, b = combo
-                label = (f" + {w:g} cosine" if w else "") + (f" - {b:g} prior" if b else "")
-                label += " (search's default)" if combo == default and combo != (first, 0.0, 0.0) else ""
+            default = (first, EMBEDDING_WEIGHT if has_embedding else 0.0, CONCEPT_WEIGHT if has_concepts else 0.0,
+                       PRIOR_WEIGHT if prior else 0.0)
+            alone = (first, 0.0, 0.0, 0.0)
+            for combo in dict.fromkeys((alone, default, chosen)):
+                _, w, v, b = combo
+                label = (f" + {w:g} cosine" if w else "") + (f" + {v:g} concepts" if v else "")
+                label += f" - {b:g} prior" if b else ""
+                label += " (search's default)" if combo == default and combo != alone else ""
                 label += " (this split's best)" if combo == chosen else ""
                 rows.append((f"{first} top {args.candidates}, log P{label}", scored[combo]))
         if args.baseline_queries:

@@ -168,10 +168,11 @@ class Captioner:
         """Captions of one batch of (name, image); with the model's ten likeliest tags where it has a concept head."""
         return self.describe_batch(batch, settings)[0]
 
-    def describe_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings
-                       ) -> tuple[list[CaptionResult], torch.Tensor | None]:
+    def describe_batch(self, batch: list[tuple[str, ImageInput]], settings: DecodeSettings, *,
+                       both_views: bool = False) -> tuple[list[CaptionResult], torch.Tensor | None]:
         """caption_batch(), and the features the decoder read for the readable images, in their order (the
-        image's own view, not its mirror's): a photo library keeps them to rank its images by a query."""
+        image's own view; (B, 2, ...) with its mirror image's when `both_views` and the settings flip-average):
+        a photo library keeps them to rank its images by a query."""
         opened, features = self._read_and_encode(batch, mirrored_too=settings.flip_average)
         if features is None:
             return [result for result, _ in opened], None
@@ -181,7 +182,7 @@ class Captioner:
         plain = features[:, 0] if settings.flip_average else features
         if self.can_tag:
             self._fill_tags(readable, plain)
-        return [result for result, _ in opened], plain
+        return [result for result, _ in opened], features if both_views else plain
 
     def _read_and_encode(self, batch: list[tuple[str, ImageInput]], mirrored_too: bool
                          ) -> tuple[list[tuple[CaptionResult, np.ndarray | None]], torch.Tensor | None]:

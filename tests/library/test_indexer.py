@@ -45,6 +45,26 @@ def test_every_photo_is_described_as_caption_describes_it(tiny_checkpoint: Path,
     assert torch.equal(stored.read([0]), read.half())  # what the decoder read (the first path in order)
 
 
+def test_a_model_that_flip_averages_embeds_each_photo_with_its_mirror_image(
+        tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Captioner, "recommended_decoding",
+                        property(lambda self: {"beam_size": 2, "flip_average": True}))
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=4)
+    captioner = Captioner.load(tiny_checkpoint, "cpu")
+    run_index(tiny_checkpoint, photos, captioner=captioner)
+    library, model = photos / ".captioner", model_identity(tiny_checkpoint)
+    embedding = captioner.model.embedding
+    _, views = captioner.describe_batch([("first", photos / "a/photo01.png")], decode_settings(captioner, 3),
+                                        both_views=True)
+    assert views.shape[1] == 2 and not torch.equal(views[:, 0], views[:, 1])
+    shape = tuple(views.shape[2:])
+    assert torch.equal(FeatureFile(feature_path(library, model), shape).read([0]), views[:, 0].half())
+    stored = FeatureFile(embedding_path(library, model), (embedding.config.dim,)).read([0]).float()
+    with torch.no_grad():
+        both, plain = embedding.embed_views(views), embedding.embed_images(views[:, 0])
+    assert stored == pytest.approx(both, abs=2e-3) and not torch.allclose(both, plain, atol=2e-3)
+
+
 def test_a_second_run_describes_only_what_changed(tiny_checkpoint: Path, tmp_path: Path) -> None:
     photos = collection(tiny_checkpoint, tmp_path / "photos")
     run_index(tiny_checkpoint, photos)

@@ -18,6 +18,7 @@ from captioner.errors import CaptionerError
 from captioner.library import Filters, Library
 from captioner.library.browse import TAGGED
 from captioner.library.indexer import decode_settings
+from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT
 from tests.library.helpers import collection, run_index
 
 
@@ -33,9 +34,10 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
                                                                           library: Path) -> None:
     query = "a red circle"
     with Library(library) as opened:
-        results = opened.search(query, top_k=12, embedding_weight=0.0)
-        fused = opened.search(query, top_k=12, embedding_weight=30.0)
+        results = opened.search(query, top_k=12, embedding_weight=0.0, concept_weight=0.0)
+        fused = opened.search(query, top_k=12)
         similarity = opened.similarities(clean_caption(query))
+        evidence = opened.evidence([hit.id for hit in fused.hits], clean_caption(query))
         root = opened.root
     assert len(results.hits) == 12 and all(hit.reranked for hit in results.hits)
     scores = [hit.score for hit in results.hits]
@@ -49,8 +51,10 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
     assert [best.score, worst.score] == pytest.approx(expected.tolist(), abs=0.05)  # bf16 batches of other sizes
     assert best.caption and results.unknown_words == []
     likelihood = {hit.id: hit.score for hit in results.hits}
+    assert all(found.concepts < 0 for found in evidence.values())  # "red" and "circle" are concepts
     assert similarity and [hit.score for hit in fused.hits] == pytest.approx(
-        [likelihood[hit.id] + 30.0 * similarity[hit.id] for hit in fused.hits if hit.id in likelihood])
+        [likelihood[hit.id] + EMBEDDING_WEIGHT * similarity[hit.id] + CONCEPT_WEIGHT * evidence[hit.id].concepts
+         for hit in fused.hits])
 
 
 def test_without_an_embedding_the_first_stage_passes_on_only_photos_whose_captions_match(
@@ -72,7 +76,7 @@ def test_with_an_embedding_the_nearest_photos_are_reranked_by_likelihood_and_cos
         cosine = opened.similarities(clean_caption(query))
         assert len(cosine) == 12 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
         nearest = sorted(cosine, key=cosine.get, reverse=True)[:3]
-        results = opened.search(query, top_k=20, candidates=3, embedding_weight=2.0)
+        results = opened.search(query, top_k=20, candidates=3, embedding_weight=2.0, concept_weight=0.0)
         likelihood = opened.likelihoods(nearest, clean_caption(query))
     assert results.candidates == 3 and {hit.id for hit in results.hits} == set(nearest)
     expected = sorted((likelihood[i] + 2.0 * cosine[i] for i in nearest), reverse=True)

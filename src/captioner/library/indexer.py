@@ -272,9 +272,15 @@ def open_embeddings(database: LibraryDatabase, folder: Path, model: str, dim: in
 
 
 @torch.no_grad()
-def embed_images(embedding: TextImageEmbedding, features: torch.Tensor) -> torch.Tensor:
+def embed_images(embedding: TextImageEmbedding, features: torch.Tensor, views: bool) -> torch.Tensor:
     device = next(embedding.parameters()).device
-    return embedding.embed_images(features.to(device)).cpu()
+    features = features.to(device)
+    return (embedding.embed_views(features) if views else embedding.embed_images(features)).cpu()
+
+
+def embeds_both_views(captioner: Captioner, settings: DecodeSettings) -> bool:
+    """Whether a photo's embedding averages it and its mirror image: when the decoding reads the mirror anyway."""
+    return captioner.model.embedding is not None and settings.flip_average
 
 
 def decode_settings(captioner: Captioner, num_captions: int) -> DecodeSettings:
@@ -303,7 +309,7 @@ def index(photos: list[Path], captioner: Captioner, model: str, folder: Path, ro
         step = batch_size * processes.world_size
         for start in range(0, len(todo), step):
             describe_shared(captioner, [(p.path, root / p.path) for p, _ in todo[start:start + step]], settings,
-                            processes)
+                            processes, embeds_both_views(captioner, settings))
         return IndexReport()
     started = time.monotonic()
     report = IndexReport()
@@ -365,6 +371,7 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
     known = {image.path for image in database.stored_images()}
     features: FeatureFile | None = None
     embedding, embeddings = captioner.model.embedding, None
+    views = embeds_both_views(captioner, settings)
     todo = work.caption
     share_work(processes, (todo, root))
     shared[0] = True
@@ -373,7 +380,9 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
         for start in range(0, len(todo), step):
             batch = todo[start:start + step]
             results, batch_features = describe_shared(
-                captioner, [(photo.path, root / photo.path) for photo, _ in batch], settings, processes)
+                captioner, [(photo.path, root / photo.path) for photo, _ in batch], settings, processes, views)
+            viewed, batch_features = batch_features, (batch_features[:, 0] if views and batch_features is not None
+                                                      else batch_features)
             if batch_features is not None and features is None:
                 shape = tuple(batch_features.shape[1:])
                 features = open_features(database, folder, model, shape)
@@ -383,7 +392,7 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
                     database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
             batch_embeddings = None
             if embeddings is not None and batch_features is not None:
-                batch_embeddings = (embeddings, embed_images(embedding, batch_features))
+                batch_embeddings = (embeddings, embed_images(embedding, viewed, views))
             unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model,
                                                batch_embeddings)
             report.unreadable += unreadable

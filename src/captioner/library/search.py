@@ -1,9 +1,10 @@
 """Finding photos by what they show, in two stages.
 
-First, BM25 (SQLite FTS5) over every photo's stored captions and tags picks the candidates: fast, and blind to
-anything the captions did not say. Then the captioning model itself reranks them by how likely it finds the
-query as a caption of each photo, log P(query | photo), read from the stored features: one teacher-forced
-pass over at most `candidates` photos. A library no larger than `candidates` is reranked whole.
+First the candidates: the photos nearest the query in the model's text-image embedding (one matrix product over
+the stored embeddings), or for models without one BM25 (SQLite FTS5) over the stored captions and tags. Then
+the captioning model reranks them from the stored features: how likely it finds the query as a caption of each
+photo, log P(query | photo), plus the embedding's cosine and the concept head's belief in the query's concepts,
+each weighted as dev chose. A library no larger than `candidates` is reranked whole.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn import functional
 
 from captioner.data.vocab import clean_caption
 from captioner.decoding.likelihood import caption_log_likelihood
@@ -25,7 +27,8 @@ from captioner.library.indexer import embedding_path, feature_path, feature_shap
 from captioner.models.loading import TrainedModel, load_model
 
 CANDIDATES = 100
-EMBEDDING_WEIGHT = 30.0  # chosen on dev (benchmarks/retrieval.py --split dev --sweep)
+EMBEDDING_WEIGHT = 40.0  # chosen on dev (benchmarks/retrieval.py --split dev --sweep)
+CONCEPT_WEIGHT = 3.0  # chosen on dev, likewise
 RERANK_BATCH = 100
 
 
@@ -34,8 +37,15 @@ class Hit:
     id: int
     path: str  # relative to the library's photo root
     caption: str
-    score: float  # log P(query | photo) + weight x cosine when reranked, else the first stage's (higher is better)
+    score: float  # combined() when reranked, else the first stage's score (higher is better either way)
     reranked: bool
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the reranking reads of one photo for one query."""
+    likelihood: float  # log P(query | photo) under the captioning model
+    concepts: float  # mean log P(concept | photo) over the query's concepts (0 without a concept head or any)
 
 
 @dataclass
@@ -86,6 +96,11 @@ def _is_date(value: str) -> bool:
     return len(value) == 10
 
 
+def combined(evidence: Evidence, cosine: float, embedding_weight: float, concept_weight: float) -> float:
+    """The reranking's score: log P(query | photo) + w x cosine + v x concept score."""
+    return evidence.likelihood + embedding_weight * cosine + concept_weight * evidence.concepts
+
+
 class Library:
     """A library folder, opened for searching: `Library(DIR).search("a dog on the beach")`."""
 
@@ -132,16 +147,18 @@ class Library:
         return self._model
 
     def search(self, text: str, top_k: int = 20, candidates: int = CANDIDATES, filters: Filters | None = None,
-               rerank: bool = True, embedding_weight: float | None = None) -> SearchResults:
+               rerank: bool = True, embedding_weight: float | None = None, concept_weight: float | None = None
+               ) -> SearchResults:
         """The `top_k` best photos for `text`. `rerank=False`: the first stage alone, BM25 (no model loaded).
-        `embedding_weight`: how much the embedding's cosine counts beside log P(query | photo) (default: the
-        weight chosen on dev, EMBEDDING_WEIGHT)."""
+        `embedding_weight`, `concept_weight`: how much the embedding's cosine and the concept score count beside
+        log P(query | photo) (default: the weights chosen on dev)."""
         words = clean_caption(text)
         if not words:
             raise CaptionerError(f"the query {text!r} has no words to search for")
         if top_k < 1 or candidates < 1:
             raise ValueError("top_k and candidates must be at least 1")
         weight = EMBEDDING_WEIGHT if embedding_weight is None else embedding_weight
+        concept_weight = CONCEPT_WEIGHT if concept_weight is None else concept_weight
         results = SearchResults(text)
         where, values = (filters or Filters()).sql()
         similarity: dict[int, float] = {}
@@ -153,9 +170,10 @@ class Library:
         results.candidates = len(found)
         captions = self._best_captions([i for i, _, _ in found])
         if rerank and found:
-            scores = self.likelihoods([i for i, _, _ in found], words)
-            hits = [Hit(i, path, captions.get(i, ""), scores[i] + weight * similarity.get(i, 0.0), True)
-                    if i in scores else Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
+            evidence = self.evidence([i for i, _, _ in found], words)
+            hits = [Hit(i, path, captions.get(i, ""), combined(evidence[i], similarity.get(i, 0.0), weight,
+                                                              concept_weight), True)
+                    if i in evidence else Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
             hits.sort(key=lambda hit: (not hit.reranked, -hit.score))
         else:
             hits = [Hit(i, path, captions.get(i, ""), score, False) for i, path, score in found]
@@ -222,7 +240,14 @@ class Library:
     def likelihoods(self, ids: list[int], words: list[str]) -> dict[int, float]:
         """log P(query | photo) for the photos described by the library's current model (the others have no
         features of it)."""
+        return {image_id: found.likelihood for image_id, found in self.evidence(ids, words).items()}
+
+    def evidence(self, ids: list[int], words: list[str]) -> dict[int, Evidence]:
+        """The likelihood and concept scores of the photos described by the library's current model, from one
+        read of their features."""
         decoder, device = self.model.decoder, self.model.device
+        concepts = self.model.concepts
+        concept_ids = concepts.ids_of(words) if concepts is not None and decoder.concept_head is not None else []
         tokens = self.model.vocab.encode(words)
         model_id = self._model_id
         marks = ",".join("?" * len(ids))
@@ -232,14 +257,19 @@ class Library:
         if not rows:
             return {}
         features = self._feature_file(model_id)
-        scores: dict[int, float] = {}
+        found: dict[int, Evidence] = {}
         for start in range(0, len(rows), RERANK_BATCH):
             chunk = rows[start:start + RERANK_BATCH]
             grid = features.read([row for _, row in chunk]).to(device)
             captions = torch.tensor([tokens] * len(chunk), device=device)
-            likelihood = caption_log_likelihood(decoder, grid, captions)
-            scores.update({image_id: float(value) for (image_id, _), value in zip(chunk, likelihood.tolist())})
-        return scores
+            likelihood = caption_log_likelihood(decoder, grid, captions).tolist()
+            belief = [0.0] * len(chunk)
+            if concept_ids:
+                with torch.no_grad():
+                    belief = functional.logsigmoid(decoder.concept_logits(grid))[:, concept_ids].mean(1).tolist()
+            found.update({image_id: Evidence(value, concept)
+                          for (image_id, _), value, concept in zip(chunk, likelihood, belief)})
+        return found
 
     def _feature_file(self, model_id: str) -> FeatureFile:
         if self._features is None:

@@ -26,11 +26,12 @@ def share_work(processes: Processes, work: object = None) -> object:
 
 
 def describe_shared(captioner: Captioner, items: list[tuple[str, Path]], settings: DecodeSettings,
-                    processes: Processes) -> tuple[list[CaptionResult], torch.Tensor | None] | None:
+                    processes: Processes, both_views: bool = False
+                    ) -> tuple[list[CaptionResult], torch.Tensor | None] | None:
     """The results and features of every item in order, in the main process (None in the others): each process
     describes items[rank::world_size]."""
     mine = processes.shard(items)
-    results, features = captioner.describe_batch(mine, settings) if mine else ([], None)
+    results, features = captioner.describe_batch(mine, settings, both_views=both_views) if mine else ([], None)
     if not processes.distributed:
         return results, features
     rows = iter(features.cpu() if features is not None else [])

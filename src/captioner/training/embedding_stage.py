@@ -70,7 +70,7 @@ def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: C
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(batch_rows)
-        scores = retrieval_scores(model, features, dev, use_grid, device)
+        scores = retrieval_scores(model, features, dev, use_grid, device, both_views=flip)
         entry = {"epoch": epoch, "train_loss": total / len(order), **scores, "seconds": time.perf_counter() - started}
         history.append(entry)
         rsum = scores["R@1"] + scores["R@5"] + scores["R@10"]
@@ -86,13 +86,19 @@ def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: C
 
 @torch.no_grad()
 def retrieval_scores(model: TextImageEmbedding, features: FeatureSource, examples: CaptionExamples, use_grid: bool,
-                     device: torch.device) -> dict[str, float]:
-    """Text-to-image R@1/5/10 and median rank of the examples' captions among the examples' photos."""
+                     device: torch.device, both_views: bool = False) -> dict[str, float]:
+    """Text-to-image R@1/5/10 and median rank of the examples' captions among the examples' photos; each photo
+    embedded with its mirror image when `both_views`, as a library does for models that flip-average."""
     model.eval()
     photos = captions_by_photo(examples)
     rows = sorted(photos)
-    images = torch.cat([model.embed_images(features.features(np.asarray(rows[i:i + EMBEDDED_AT_ONCE]), use_grid)
-                                           .to(device)) for i in range(0, len(rows), EMBEDDED_AT_ONCE)])
+
+    def embedded(chunk: np.ndarray) -> torch.Tensor:
+        if both_views:
+            return model.embed_views(features.both_views(chunk, use_grid).to(device))
+        return model.embed_images(features.features(chunk, use_grid).to(device))
+
+    images = torch.cat([embedded(np.asarray(rows[i:i + EMBEDDED_AT_ONCE])) for i in range(0, len(rows), EMBEDDED_AT_ONCE)])
     queries = [(caption, index) for index, row in enumerate(rows) for caption in photos[row]]
     ranks = []
     for start in range(0, len(queries), EMBEDDED_AT_ONCE):

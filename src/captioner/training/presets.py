@@ -43,6 +43,6 @@ PRESETS: dict[str, dict[str, object]] = {
         "scst_lr_decay": 0.4,
         "scst_xe_weight": 0.05,
         "scst_xe_references": 1,
-        "embedding_epochs": 12,
+        "embedding_epochs": 20,
     },
 }
