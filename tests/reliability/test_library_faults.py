@@ -94,9 +94,9 @@ def test_a_photo_deleted_after_the_scan_is_left_out(tiny_checkpoint: Path, tmp_p
     captioner = Captioner.load(tiny_checkpoint, "cpu")
     real = captioner.describe_batch
 
-    def deleted_first(batch, settings):
+    def deleted_first(batch, settings, **options):
         (photos / batch[0][0]).unlink(missing_ok=True)  # gone between the listing and the reading
-        return real(batch, settings)
+        return real(batch, settings, **options)
 
     monkeypatch.setattr(captioner, "describe_batch", deleted_first)
     report = run_index(tiny_checkpoint, photos, captioner=captioner, batch_size=4)

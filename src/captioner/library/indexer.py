@@ -29,7 +29,6 @@ from captioner.library.database import LibraryDatabase, StoredImage
 from captioner.library.feature_file import FeatureFile
 from captioner.library.scan import PhotoFile, content_hash, scan
 from captioner.library.sharing import describe_shared, share_work
-from captioner.models.embedding import TextImageEmbedding
 from captioner.training.distributed import Processes
 
 LIBRARY_FOLDER = ".captioner"
@@ -271,13 +270,6 @@ def open_embeddings(database: LibraryDatabase, folder: Path, model: str, dim: in
     return FeatureFile.open(embedding_path(folder, model), (dim,), database.feature_rows(model))
 
 
-@torch.no_grad()
-def embed_images(embedding: TextImageEmbedding, features: torch.Tensor, views: bool) -> torch.Tensor:
-    device = next(embedding.parameters()).device
-    features = features.to(device)
-    return (embedding.embed_views(features) if views else embedding.embed_images(features)).cpu()
-
-
 def embeds_both_views(captioner: Captioner, settings: DecodeSettings) -> bool:
     """Whether a photo's embedding averages it and its mirror image: when the decoding reads the mirror anyway."""
     return captioner.model.embedding is not None and settings.flip_average
@@ -392,7 +384,7 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
                     database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
             batch_embeddings = None
             if embeddings is not None and batch_features is not None:
-                batch_embeddings = (embeddings, embed_images(embedding, viewed, views))
+                batch_embeddings = (embeddings, embedding.embed_photos(viewed, views))
             unreadable, vanished = store_batch(database, features, batch, results, batch_features, root, model,
                                                batch_embeddings)
             report.unreadable += unreadable

@@ -56,6 +56,12 @@ class TextImageEmbedding(nn.Module):
         embedded = self.embed_images(views.flatten(0, 1)).view(views.shape[0], views.shape[1], -1)
         return functional.normalize(embedded.sum(1), dim=-1)
 
+    @torch.no_grad()
+    def embed_photos(self, features: torch.Tensor, views: bool) -> torch.Tensor:
+        """A library's photos: (B, ...) or with `views` (B, V, ...) features on any device -> (B, dim) on the CPU."""
+        features = features.to(next(self.parameters()).device)
+        return (self.embed_views(features) if views else self.embed_images(features)).cpu()
+
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) word ids, right-padded, no <start>/<end> needed -> (B, dim) unit vectors.
 
