@@ -9,7 +9,8 @@ import torch
 
 from captioner.cli.command import main
 from captioner.models.checkpoint import load_checkpoint
-from captioner.models.embedding import EmbeddingConfig, TextImageEmbedding
+from captioner.data.vocab import Vocabulary
+from captioner.models.embedding import EmbeddingConfig, TextImageEmbedding, sentence_config
 from captioner.models.loading import load_model
 
 
@@ -39,6 +40,44 @@ def test_contrastive_training_pairs_held_out_photos_with_their_sentences() -> No
         similarity = model.embed_texts(words) @ model.embed_images(features).T
     assert (similarity.argmax(1) == torch.arange(kinds)).all()
     assert torch.allclose(model.embed_images(features[:, 0]).norm(dim=1), torch.ones(kinds))  # pooled input too
+
+
+SCENES = ["a black dog runs across a green field", "a man rides a bicycle down a busy street",
+          "children splash in a swimming pool", "a snowboarder jumps off a snowy ramp",
+          "a woman sings on a stage with a microphone", "a boat sails on a calm lake"]
+PARAPHRASES = ["a dark puppy sprinting over the grass", "a cyclist pedals through city traffic",
+               "kids playing in the water of a pool", "someone on a snowboard flies over a jump in the snow",
+               "a female singer performs into a mic", "a small ship on still water"]
+
+
+def test_a_sentence_reading_embedding_finds_photos_by_words_it_never_trained_on() -> None:
+    """Six kinds of photo, each trained with one sentence, found by a paraphrase that shares almost none of its
+    words: what the pretrained sentence encoder brings."""
+    torch.manual_seed(0)
+    kinds, dim = len(SCENES), 24
+    directions = torch.randn(kinds, dim)
+    model = TextImageEmbedding(sentence_config(feature_dim=dim, vocab_size=4, word_dim=16, dim=32))
+    trained = model.text_inputs([sentence.split() for sentence in SCENES], None)
+    asked = model.text_inputs([sentence.split() for sentence in PARAPHRASES], None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        features = directions.unsqueeze(1) + 0.3 * torch.randn(kinds, 4, dim)
+        loss = model.contrastive_loss(features, trained)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        photos = model.embed_images(directions.unsqueeze(1) + 0.3 * torch.randn(kinds, 4, dim))
+        similarity = model.embed_text_input(asked) @ photos.T
+    assert (similarity.argmax(1) == torch.arange(kinds)).all()
+
+
+def test_a_word_reading_embedding_reads_the_vocabulary_ids() -> None:
+    vocab = Vocabulary.build([["a", "red", "circle"], ["a", "blue", "square"]], freq_threshold=1)
+    model = TextImageEmbedding(EmbeddingConfig(feature_dim=8, vocab_size=len(vocab), word_dim=8, dim=8))
+    tokens = model.text_inputs([["a", "red", "circle"], ["blue"], []], vocab)
+    assert tokens.tolist() == [vocab.encode(["a", "red", "circle"])[1:-1], [vocab.stoi["blue"], 0, 0], [0, 0, 0]]
 
 
 def test_the_trained_embedding_is_kept_in_the_checkpoint_and_the_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from captioner.features.extract import extract_features
 from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
 from captioner.features.store import read_manifest
-from captioner.models.loading import TrainedModel
+from captioner.models.loading import TrainedModel, tuned_encoder
 
 
 @dataclass
@@ -115,14 +115,21 @@ def model_features(model: TrainedModel, images: list[Path], cache_dir: Path | No
         if model.encoder is None:
             live.encoder.load_state_dict(model.encoder_state)
         return live
-    cache_dir = cache_dir or _trained_cache(model)
+    tuned = model.encoder if model.encoder is not None and model.encoder.tuned_blocks else None
+    if model.tuned is not None:  # a checkpoint's tuned encoder, and its own cache where the training wrote it
+        tuned = tuned or tuned_encoder(model.encoder_name, weights, model.tuned, model.source)
+        written = Path(model.tuned["cache_dir"])
+        cache_dir = cache_dir or (written if written.is_dir() else None)
+    elif tuned is None:
+        cache_dir = cache_dir or _trained_cache(model)
     manifest = read_manifest(Path(cache_dir)) if mirrored_too and cache_dir else None
     if manifest is not None and not manifest["settings"].get("flip"):
         raise CaptionerError(f"--flip_average needs mirrored features, and the feature cache {cache_dir} has none "
                              "(it was built without --augment_flip); pass a new --cache_dir to extract them with "
                              "the plain ones")
     store = extract_features(images, model.encoder_name, image_size=model.image_size, cache_dir=cache_dir,
-                             weights=weights, flip=mirrored_too, device=str(model.device), progress=progress)
+                             weights=weights, flip=mirrored_too, device=str(model.device), progress=progress,
+                             encoder=tuned)
     expected = model.encoder_settings.get("weights_sha256")
     if expected and store.settings.get("weights_sha256") != expected:
         raise CaptionerError(f"the encoder weights differ from the ones {model.source} was trained on "

@@ -61,18 +61,61 @@ class EncoderSpec:
 
 
 class Encoder(nn.Module):
-    """A frozen-by-default CNN trunk that returns its last feature grid."""
+    """A frozen-by-default CNN trunk that returns its last feature grid.
+
+    An encoder whose last `tuned_blocks` blocks were tuned (--tune_encoder_epochs) learned them on a cache of the
+    grid below them, stored in float16; it rounds that grid to float16 in every forward pass too, so that a
+    photo gets the features, and the caption, that the tuned cache gave it."""
 
     def __init__(self, spec: EncoderSpec, trunk: nn.Module, classifier: nn.Module | None,
-                 weights_sha256: str) -> None:
+                 weights_sha256: str, tuned_blocks: int = 0) -> None:
         super().__init__()
         self.spec = spec
         self.trunk = trunk
         self.classifier = classifier
         self.weights_sha256 = weights_sha256
+        self._parts: tuple[nn.Module, nn.Module] | None = None  # (below, top) of a tuned encoder, not registered
+        self.tuned_blocks = tuned_blocks
+
+    @property
+    def tuned_blocks(self) -> int:
+        return self._tuned_blocks
+
+    @tuned_blocks.setter
+    def tuned_blocks(self, blocks: int) -> None:
+        self._tuned_blocks = blocks
+        self._parts = self.split(blocks) if blocks else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(images)  # (B, C, h, w)
+        if self._parts is None:
+            return self.trunk(images)  # (B, C, h, w)
+        below, top = self._parts
+        return top(below(images).half().float())
+
+    def split(self, blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """The trunk as (everything below its last `blocks` blocks, those blocks and the head after them),
+        sharing the trunk's modules: top(below(x)) is the trunk's forward."""
+        layers = self.trunk.layers() if isinstance(self.trunk, _TimmTrunk) else None
+        if layers is None:
+            raise CaptionerError(f"tuning the last blocks of an encoder works for EfficientNet-Lite; "
+                                 f"{self.spec.name} cannot be split into blocks")
+        stem, body, head = layers
+        if not 1 <= blocks <= len(body):
+            raise CaptionerError(f"--tune_encoder_blocks {blocks}: {self.spec.name} has {len(body)} blocks")
+        return nn.Sequential(*stem, *body[:-blocks]), nn.Sequential(*body[-blocks:], *head)
+
+    def below(self, blocks: int) -> Encoder:
+        """An encoder that stops below the last `blocks` blocks (the same weights, not a copy)."""
+        lower, _ = self.split(blocks)
+        return Encoder(self.spec, lower, None, self.weights_sha256).eval()
+
+    def state_sha256(self) -> str:
+        """A checksum of the trunk's weights as they are now: names a tuned encoder's features."""
+        digest = hashlib.sha256()
+        for name, tensor in self.trunk.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @torch.no_grad()
     def grid_shape(self, image_size: int) -> tuple[int, int, int]:
@@ -130,6 +173,12 @@ class _TimmTrunk(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
+
+    def layers(self) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+        """(stem, blocks, head) in the order forward_features runs them."""
+        model = self.model
+        blocks = [block for stage in model.blocks for block in stage]
+        return [model.conv_stem, model.bn1], blocks, [model.conv_head, model.bn2]
 
 
 # ---------------------------------------------------------------- torchvision ResNet / Inception

@@ -84,15 +84,21 @@ def extract_features(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    below_blocks: int = 0,
+    encoder: Encoder | None = None,
 ) -> FeatureStore:
-    """Return a cache holding features of `images`, reusing a valid one and building only what is missing."""
+    """Return a cache holding features of `images`, reusing a valid one and building only what is missing.
+    `below_blocks`: cache the grid below the encoder's last N blocks instead of its output (to tune them on);
+    `encoder`: this encoder (a tuned one) instead of `encoder_name`'s registry weights."""
     keep_freed_memory()
     spec = get_spec(encoder_name)
     size = image_size or spec.image_size
     run_device = pick_device(device)
-    encoder = create_encoder(encoder_name, weights).to(run_device)
+    encoder = (encoder or create_encoder(encoder_name, weights)).to(run_device)
+    if below_blocks:
+        encoder = encoder.below(below_blocks)
     settings = CacheSettings(encoder_name, encoder.weights_sha256, size, spec.transform_description(size),
-                             encoder.grid_shape(size), flip)
+                             encoder.grid_shape(size), flip, f"below {below_blocks}" if below_blocks else "")
     images = [Path(os.path.abspath(path)) for path in images]
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(images, settings)
     with building_lock(folder):
@@ -161,7 +167,7 @@ def _build(folder: Path, ordered: list[str], settings: CacheSettings, encoder: E
         partial.mkdir(parents=True)
         arrays = {name: open_memmap(partial / f"{name}.npy", "w+", np.float16, shapes[name.removesuffix("_flip")])
                   for name in names}
-        _reserve_space(partial, names)
+        reserve_space(partial, names)
         state = {"settings": asdict(settings), "images_sha256": _list_digest(ordered), "done": 0, "skipped": {}}
         _save_progress(partial, state)
     else:
@@ -189,7 +195,7 @@ def _build(folder: Path, ordered: list[str], settings: CacheSettings, encoder: E
                 "images": ordered, "skipped": state["skipped"], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     atomic_write_text(partial / MANIFEST, json.dumps(manifest))
     (partial / PROGRESS).unlink()
-    _swap_in(partial, folder)
+    swap_in(partial, folder)
 
 
 def _encode_into(arrays: dict, partial: Path, state: dict, todo: list[str], offset: int, encoder: Encoder,
@@ -239,7 +245,7 @@ def _write_rows(array: np.ndarray, rows: torch.Tensor, values: np.ndarray) -> No
         array[rows.numpy()] = values
 
 
-def _reserve_space(partial: Path, names: list[str]) -> None:
+def reserve_space(partial: Path, names: list[str]) -> None:
     """Allocate the cache files' blocks now. Memory-mapped files are sparse: on a full disk, writing a row
     would kill the process with SIGBUS halfway through; reserving up front fails at once, cleanly."""
     if not hasattr(os, "posix_fallocate"):
@@ -283,7 +289,7 @@ def _list_digest(names: list[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def _swap_in(partial: Path, folder: Path) -> None:
+def swap_in(partial: Path, folder: Path) -> None:
     """Replace `folder` by the finished `partial`; the old cache stays until the new one is in place."""
     if folder.exists():
         retired = folder.with_name(folder.name + ".old")

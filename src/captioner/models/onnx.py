@@ -26,10 +26,10 @@ from captioner.models.loading import TrainedModel
 class _EncoderGrid(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
-        self.trunk = encoder.trunk
+        self.encoder = encoder  # its forward, not the bare trunk: a tuned encoder rounds the grid below its blocks
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.trunk(pixels).flatten(2).transpose(1, 2)
+        return self.encoder(pixels).flatten(2).transpose(1, 2)
 
 
 class _Start(nn.Module):

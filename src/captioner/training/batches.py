@@ -20,11 +20,12 @@ class CaptionExamples:
     rows: np.ndarray  # (N,) feature row of each example
     captions: list[list[int]]  # encoded, with <start> ... <end>
     missing_images: int
+    words: list[list[str]] | None = None  # the cleaned captions themselves, unknown words and all
 
     @classmethod
     def build(cls, records: list[ImageRecord], store: FeatureSource, vocab: Vocabulary,
               max_length: int | None = None) -> CaptionExamples:
-        rows, captions, missing = [], [], 0
+        rows, captions, words, missing = [], [], [], 0
         for record in records:
             row = store.row(record.image)
             if row is None:
@@ -34,7 +35,8 @@ class CaptionExamples:
                 tokens = clean_caption(text)[:max_length] if max_length else clean_caption(text)
                 rows.append(row)
                 captions.append(vocab.encode(tokens))
-        return cls(np.asarray(rows, dtype=np.int64), captions, missing)
+                words.append(tokens)
+        return cls(np.asarray(rows, dtype=np.int64), captions, missing, words)
 
     def __len__(self) -> int:
         return len(self.captions)

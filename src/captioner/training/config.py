@@ -15,6 +15,7 @@ from captioner.errors import CaptionerError
 from captioner.features.encoders import ENCODERS
 from captioner.models.concept_input import CONCEPT_INPUTS
 from captioner.models.decoders import DECODER_TYPES
+from captioner.models.sentence_encoder import model_folder
 from captioner.options import check, option, specs
 from captioner.training.presets import PRESETS
 from captioner.training.schedulers import ScheduleSettings
@@ -52,6 +53,14 @@ class TrainConfig:
     cache_dir: str | None = option(None, "feature cache folder (default: one per dataset and settings under "
                                          "~/.cache/captioner/features or $CAPTIONER_CACHE)", path=True, group=ENCODER)
     augment_flip: bool = option(False, "also cache features of horizontally flipped images", group=ENCODER)
+    tune_encoder_epochs: int = option(0, "before the captions, tune the encoder's last blocks for this many epochs to "
+                                         "tell each training photo's concepts, on a cache of the grid below them "
+                                         "(EfficientNet-Lite; about a minute an epoch for lite2 on 2 cores)", low=0,
+                                      group=ENCODER)
+    tune_encoder_blocks: int = option(4, "--tune_encoder_epochs: how many of the encoder's last blocks (and the head "
+                                         "after them) are tuned", low=1, group=ENCODER)
+    tune_encoder_lr: float = option(2e-4, "--tune_encoder_epochs: peak learning rate of the tuned blocks", above=0,
+                                    group=ENCODER)
     num_workers: int | None = option(None, "image-decoding worker processes (default: 0 on a CPU with 2 cores, where "
                                            "inline decoding is faster; more with CUDA)", low=0, group=ENCODER)
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when present)", group=ENCODER)
@@ -91,6 +100,12 @@ class TrainConfig:
                                       "a library with for this many epochs (seconds each; 0: none)", low=0,
                                    group=MODEL)
     embedding_lr: float = option(2e-3, "peak learning rate of --embedding_epochs", above=0, group=MODEL)
+    embedding_text: str = option("words", "what the embedding reads of a sentence: its words, through a GRU of its "
+                                          "own, or the vector a pretrained sentence encoder (all-MiniLM-L6-v2) "
+                                          "gives it",
+                                 choices=("words", "sentence"), group=MODEL)
+    embedding_dropout: float = option(0.1, "dropout on the embedding's inputs in training", low=0, below=1,
+                                      group=MODEL)
     epochs: int = option(10, low=0, group=OPTIMISATION)
     batch_size: int = option(64, low=1, group=OPTIMISATION)
     learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)
@@ -183,6 +198,18 @@ def check_options(config: TrainConfig) -> None:
     if config.concept_epochs and not (config.num_concepts and config.concept_weight):
         raise CaptionerError("--concept_epochs trains the concept head, and --num_concepts 0 or --concept_weight 0 "
                              "leaves it none to train or no loss to train it with")
+    if config.tune_encoder_epochs:
+        if config.fine_tune_encoder or config.augment:
+            raise CaptionerError("--tune_encoder_epochs tunes the encoder's last blocks on cached features before the "
+                                 "captions; --fine_tune_encoder and --augment train on the images instead: choose one")
+        if not config.encoder.startswith("efficientnet_lite"):
+            raise CaptionerError(f"--tune_encoder_epochs tunes EfficientNet-Lite's last blocks; --encoder "
+                                 f"{config.encoder} cannot be split into them")
+        if not config.num_concepts:
+            raise CaptionerError("--tune_encoder_epochs tunes the encoder to tell the captions' concepts; "
+                                 "--num_concepts 0 leaves none")
+    if config.embedding_epochs and config.embedding_text == "sentence":
+        model_folder()  # the sentence encoder is installed: said now, not after the captions' hours
     if config.decoder == "transformer" and config.hidden_size % config.num_heads:
         raise CaptionerError(f"--hidden_size {config.hidden_size} is the transformer's width, which its "
                              f"--num_heads {config.num_heads} heads share: it must be a multiple of them")

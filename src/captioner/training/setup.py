@@ -30,12 +30,14 @@ from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
 from captioner.training.batches import TrainingData
 from captioner.training.config import TrainConfig, check_options, layers_and_dropout
 from captioner.training.distributed import start_processes
+from captioner.training.encoder_tuning import TunedEncoder
 from captioner.training.objectives import ConceptLoss, CrossEntropy, concept_targets
 from captioner.training.resume import check_not_finished, restore
 from captioner.training.rundir import remove_temporaries
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
 from captioner.training.trainer import Trainer
+from captioner.training.tuned_features import features_of_tuned_checkpoint, tuned_features
 
 
 def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trainer:
@@ -52,13 +54,19 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
                            max_images=config.max_images, subset_fraction=config.subset_fraction,
                            min_region_area=config.min_region_area)
     vocab = vocabulary(config, dataset, parent)
+    concepts = concept_vocabulary(config, dataset, parent)
+    if config.tune_encoder_epochs and parent is not None and not parent.get("tuned_encoder"):
+        raise CaptionerError(f"{config.resume} was trained on the untuned encoder's features; --tune_encoder_epochs "
+                             "would change them under its decoder. Start a new run to tune the encoder")
+    if config.tune_encoder_epochs and not parent and processes.distributed:
+        raise CaptionerError("--tune_encoder_epochs runs in a single process for now; tune and train the first epoch "
+                             "without torchrun, then go on from its checkpoint with torchrun and --resume")
     if not processes.is_main:
         processes.barrier()  # the main process builds the feature cache; the others then read it
-    features = feature_source(config, dataset, device)
+    features, tuned = feature_source(config, dataset, device, concepts, parent)
     if processes.is_main:
         processes.barrier()
     data = TrainingData.build(dataset, features, vocab, config.max_length)
-    concepts = concept_vocabulary(config, dataset, parent)
     model_config = decoder_config(config, vocab, features, concepts)
     # Seeded here, after data and features: extraction (when the cache is missing) draws random numbers, and the
     # same seed must give the same run whether or not the cache existed.
@@ -79,7 +87,7 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
         records = [r for r in dataset.records if r.split in ("train", "dev")]
         concept_loss = ConceptLoss(concept_targets(records, features, concepts, clean_caption), config.concept_weight)
     trainer = Trainer(config, decoder, model_config, vocab, data, features, optimizer, schedule, objective,
-                      self_critical, processes, device, command or sys.argv, concepts, concept_loss)
+                      self_critical, processes, device, command or sys.argv, concepts, concept_loss, tuned)
     if parent is not None:
         restore(trainer, parent)
     trainer.wrap_for_processes()
@@ -98,10 +106,19 @@ def vocabulary(config: TrainConfig, dataset: Dataset, parent: dict | None) -> Vo
     return vocab
 
 
-def feature_source(config: TrainConfig, dataset: Dataset, device: torch.device) -> FeatureSource:
-    """The feature cache (built or extended as needed), or the encoder run on the images when fine-tuning or
-    augmenting."""
+def feature_source(config: TrainConfig, dataset: Dataset, device: torch.device, concepts: ConceptVocabulary | None,
+                   parent: dict | None) -> tuple[FeatureSource, TunedEncoder | None]:
+    """The feature cache (built or extended as needed; that of the tuned encoder with --tune_encoder_epochs or
+    from a tuned checkpoint), or the encoder run on the images when fine-tuning or augmenting."""
     images = [record.image for record in dataset.records if record.split in ("train", "dev", "test")]
+    if parent is not None and parent.get("tuned_encoder"):
+        return features_of_tuned_checkpoint(config, images, parent["tuned_encoder"], device)
+    if config.tune_encoder_epochs:
+        return tuned_features(config, dataset, images, concepts, device)
+    return plain_feature_source(config, images, device), None
+
+
+def plain_feature_source(config: TrainConfig, images: list[Path], device: torch.device) -> FeatureSource:
     weights = Path(config.encoder_weights) if config.encoder_weights else None
     if config.fine_tune_encoder or config.augment:
         if config.augment_flip:

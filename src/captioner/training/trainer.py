@@ -23,12 +23,11 @@ from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
 from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig
-from captioner.models.embedding import EmbeddingConfig, build_embedding
+from captioner.models.embedding import EmbeddingConfig, build_embedding, sentence_config
 from captioner.progress import progress
 from captioner.training import samples, validation
 from captioner.training.batches import TrainingData, bucketed_batches, pad_captions
 from captioner.training.concept_stage import train_concept_head
-from captioner.training.embedding_stage import train_embedding
 from captioner.training.config import (
     SIDED_WARNING_SHARE,
     TrainConfig,
@@ -38,6 +37,8 @@ from captioner.training.config import (
     unused_schedule_options,
 )
 from captioner.training.distributed import Processes, stop_processes
+from captioner.training.embedding_stage import train_embedding
+from captioner.training.encoder_tuning import TunedEncoder
 from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCrossEntropy
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
@@ -50,8 +51,9 @@ class Trainer:
                  schedule: Schedule | None, objective: CrossEntropy, self_critical: SelfCritical | None = None,
                  processes: Processes | None = None, device: torch.device | None = None,
                  command: list[str] | None = None, concepts: ConceptVocabulary | None = None,
-                 concept_loss: ConceptLoss | None = None) -> None:
+                 concept_loss: ConceptLoss | None = None, tuned: TunedEncoder | None = None) -> None:
         self.config, self.decoder, self.model_config, self.vocab = config, decoder, model_config, vocab
+        self.tuned = tuned  # the encoder's tuned blocks (--tune_encoder_epochs), kept in every checkpoint
         self.data, self.features, self.optimizer, self.schedule = data, features, optimizer, schedule
         self.objective, self.self_critical = objective, self_critical
         self.concepts, self.concept_loss = concepts, concept_loss
@@ -216,7 +218,8 @@ class Trainer:
                 "encoder_state": live.encoder.state_dict() if live and live.fine_tune else None,
                 "train_config": plain_settings(self.config), "rng": {"torch": torch.get_rng_state()},
                 "concepts": self.concepts.to_dict() if self.concepts is not None else None,
-                "concept_history": self.concept_history}
+                "concept_history": self.concept_history,
+                "tuned_encoder": self.tuned.to_dict() if self.tuned is not None else None}
 
     def run(self) -> Path | None:
         """Train; returns the run directory (None on the processes other than the main one)."""
@@ -287,13 +290,16 @@ class Trainer:
             log=self.log)
 
     def train_embedding(self, best: Path) -> None:
-        """The text-image embedding, its words starting from the decoder's; saved into best.pt beside it."""
+        """The text-image embedding, saved into best.pt beside the decoder; a word-reading one starts from the
+        decoder's word embeddings."""
         c = self.config
         words = getattr(self.decoder, "embed", None)
         word_dim = words.weight.shape[1] if isinstance(words, nn.Embedding) else 512
-        config = EmbeddingConfig(self.features.grid_shape[2], len(self.vocab), word_dim, pad_id=self.vocab.pad_id)
+        sizes = {"feature_dim": self.features.grid_shape[2], "vocab_size": len(self.vocab), "word_dim": word_dim,
+                 "pad_id": self.vocab.pad_id, "dropout": c.embedding_dropout}
+        config = sentence_config(**sizes) if c.embedding_text == "sentence" else EmbeddingConfig(**sizes)
         embedding = build_embedding(config).to(self.device)
-        if isinstance(words, nn.Embedding):
+        if config.text == "words" and isinstance(words, nn.Embedding):
             embedding.words.weight.data.copy_(words.weight.detach().float())
         history = train_embedding(embedding, self.features, self.data.train, self.data.dev, c.embedding_epochs,
                                   c.embedding_lr, use_grid=self.decoder.uses_grid, flip=c.augment_flip, seed=c.seed,
