@@ -97,6 +97,24 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     browser.set_window_size(1280, 900)
 
 
+def test_photo_chosen_before_the_model_answers_uses_the_recommended_decoding(
+        server, browser, tiny_checkpoint: Path) -> None:
+    """A slow /api/model once let a photo chosen as the page opened be captioned with the page's defaults."""
+    url, _ = server
+    slow_model_info = ("const fetchNow = window.fetch; window.fetch = (resource, ...rest) => String(resource)"
+                       ".endsWith('/api/model') ? new Promise((done) => setTimeout(done, 1500))"
+                       ".then(() => fetchNow(resource, ...rest)) : fetchNow(resource, ...rest);")
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": slow_model_info})
+    try:
+        browser.get(url + "/")
+        image = sorted((tiny_checkpoint.parents[2] / "shapes").rglob("*.png"))[0]
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, 30).until(lambda d: "Captioned in" in d.find_element(By.ID, "status").text)
+        assert "(beam 2, length penalty 1, no word pair twice)" in browser.find_element(By.ID, "status").text
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+
+
 def test_review_page_rating_survives_a_reload(server, browser, tmp_path: Path) -> None:
     url, evaluation = server
     browser.get(url + "/review")

@@ -16,11 +16,15 @@ PRESETS: dict[str, dict[str, object]] = {
     # two epochs of self-critical training, at 5e-5 then 2e-5, on CIDEr-D mixed with 0.05 x the cross-entropy
     # of one random reference per image (chosen on dev over plain self-critical training, over adding BLEU-4 to
     # the reward, over all five references, over three epochs at 2e-5, over one epoch at 5e-5, and over two at
-    # 5e-5, where the second games CIDEr-D).
+    # 5e-5, where the second games CIDEr-D). Before the captions, the encoder's last 4 blocks are tuned for 10
+    # epochs to tell each photo's concepts (dev, recommended decoding: BLEU-4 21.9 -> 23.0, CIDEr 55.6 -> 58.0).
+    # After them, the search embedding reads sentences through the pretrained all-MiniLM-L6-v2 (dev R@1 of the
+    # embedding alone 19.6 -> 24.8 over a GRU of its own words), 30 epochs at 1e-3 with dropout 0.3.
     "flickr8k_best": {
         "dataset_type": "flickr8k",
         "encoder": "efficientnet_lite2",
         "augment_flip": True,
+        "tune_encoder_epochs": 10,
         "decoder": "attention",
         "embed_size": 512,
         "hidden_size": 512,
@@ -43,6 +47,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "scst_lr_decay": 0.4,
         "scst_xe_weight": 0.05,
         "scst_xe_references": 1,
-        "embedding_epochs": 20,
+        "embedding_epochs": 30,
+        "embedding_text": "sentence",
+        "embedding_lr": 1e-3,
+        "embedding_dropout": 0.3,
     },
 }

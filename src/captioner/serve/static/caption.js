@@ -91,6 +91,7 @@ async function caption(file) {
   $("again").disabled = true;
   showPhoto(file);
   setStatus("Captioning…");
+  await modelInfoLoaded;  // a photo chosen as the page opens is captioned with the recommended decoding
   const body = settings();
   body.append("file", file, file.name || "pasted-image.png");
   try {
@@ -215,4 +216,4 @@ $("temperature").addEventListener("input", (event) => {
   $("temperature-value").textContent = Number(event.target.value).toFixed(1);
 });
 window.addEventListener("resize", clearOverlay);
-loadModelInfo();
+const modelInfoLoaded = loadModelInfo();
