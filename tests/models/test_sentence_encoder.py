@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from captioner.models.sentence_encoder import DIM, sentence_encoder
+from captioner.models.sentence_encoder import DIM, SentenceEncoder, model_folder, sentence_encoder
 
 
 def test_paraphrases_lie_nearer_than_other_scenes() -> None:
@@ -25,3 +25,9 @@ def test_a_sentence_gets_the_same_vector_alone_or_in_a_batch_of_others() -> None
     assert torch.allclose(together, alone, atol=1e-5)
     assert encoder.encode([]).shape == (0, DIM)
     assert len(encoder.weights_sha256) == 64
+
+
+def test_loading_prints_no_progress_bar(capfd) -> None:
+    """transformers' "Loading weights" bar once landed in every training log that built an embedding."""
+    SentenceEncoder(model_folder(), torch.device("cpu"))
+    assert "Loading weights" not in capfd.readouterr().err

@@ -32,9 +32,11 @@ class SentenceEncoder:
     def __init__(self, folder: Path, device: torch.device) -> None:
         try:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
         except ImportError as error:
             raise CaptionerError(f"the sentence encoder needs the transformers package: pip install transformers "
                                  f"{PACKAGE}") from error
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar would litter logs and the CLI's output
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).to(device).eval()
