@@ -109,10 +109,7 @@ class TextImageEmbedding(nn.Module):
         device = device or next(self.parameters()).device
         if self.config.text == "words":
             ids = [vocab.encode(words)[1:-1] or [self.config.pad_id] for words in captions]
-            tokens = torch.full((len(ids), max(len(i) for i in ids)), self.config.pad_id, dtype=torch.long)
-            for row, caption in enumerate(ids):
-                tokens[row, :len(caption)] = torch.tensor(caption)
-            return tokens.to(device)
+            return pad(ids, self.config.pad_id).to(device)
         encoder = sentence_encoder("cpu")
         if self.config.sentence_sha256 and encoder.weights_sha256 != self.config.sentence_sha256:
             raise CaptionerError(f"this model's search embedding was trained on other {self.config.sentence_model} "
@@ -129,6 +126,14 @@ class TextImageEmbedding(nn.Module):
         logits = self.scale.exp().clamp(max=100.0) * texts @ images.T
         targets = torch.arange(len(logits), device=logits.device)
         return (functional.cross_entropy(logits, targets) + functional.cross_entropy(logits.T, targets)) / 2
+
+
+def pad(captions: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+    """Word ids of several captions -> (N, longest) right-padded with pad_id."""
+    tokens = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
+    for i, caption in enumerate(captions):
+        tokens[i, :len(caption)] = torch.tensor(caption, dtype=torch.long)
+    return tokens
 
 
 def sentence_config(**fields) -> EmbeddingConfig:

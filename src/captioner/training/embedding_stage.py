@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from captioner.features.source import FeatureSource
-from captioner.models.embedding import TextImageEmbedding
+from captioner.models.embedding import TextImageEmbedding, pad
 from captioner.training.batches import CaptionExamples
 
 PHOTOS_PER_BATCH = 128
@@ -49,13 +49,6 @@ class TextInputs:
         if self.vectors is not None:
             return self.vectors[torch.as_tensor(indices, dtype=torch.long)].to(self.device)
         return pad([self.examples.captions[i][1:-1] for i in indices]).to(self.device)
-
-
-def pad(captions: list[list[int]], pad_id: int = 0) -> torch.Tensor:
-    tokens = torch.full((len(captions), max(len(c) for c in captions)), pad_id, dtype=torch.long)
-    for i, caption in enumerate(captions):
-        tokens[i, :len(caption)] = torch.tensor(caption)
-    return tokens
 
 
 def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples,

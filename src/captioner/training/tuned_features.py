@@ -57,8 +57,9 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
                            amp=config.amp, log=say)
     sha = encoder.state_sha256()
     encoder.weights_sha256 = sha
-    features = derive_features(below, encoder.split(blocks)[1], sha, device, log=say)
-    state = {k: v.detach().cpu().clone() for k, v in encoder.split(blocks)[1].state_dict().items()}
+    top = encoder.split(blocks)[1]
+    features = derive_features(below, top, sha, device, log=say)
+    state = {k: v.detach().cpu().clone() for k, v in top.state_dict().items()}
     return features, TunedEncoder(blocks, state, sha, base, os.path.abspath(features.folder), history)
 
 
