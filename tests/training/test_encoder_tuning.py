@@ -132,3 +132,26 @@ def test_settings_that_cannot_be_tuned_are_refused_before_any_work(flags, compla
                  "--output_dir", str(tmp_path / "runs")]) == 2
     assert complaint in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_run_with_the_same_tuning_reuses_the_tuned_blocks(
+        tuned_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another decoder on the same tuning (the preset's GRU and LSTM rows) skips the tuning; a changed setting
+    tunes again."""
+    root = tuned_run.parents[1]
+    assert len(list((root / "cache_tunings").glob("*.pt"))) == 1
+
+    def tuning_again(*args, **kwargs):
+        raise AssertionError("tuned again")
+
+    monkeypatch.setattr(tuned_features, "tune_encoder", tuning_again)
+    assert main(["train", *TINY, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+                 "--output_dir", str(tmp_path / "runs"), "--tune_encoder_epochs", "2", "--tune_encoder_blocks", "2",
+                 "--epochs", "1", "--augment_flip", "--decoder", "gru"]) == 0
+    again = load_checkpoint(next((tmp_path / "runs").iterdir()) / "best.pt")["tuned_encoder"]
+    original = load_checkpoint(tuned_run / "best.pt")["tuned_encoder"]
+    assert again["weights_sha256"] == original["weights_sha256"] and again["history"] == original["history"]
+    with pytest.raises(AssertionError, match="tuned again"):
+        main(["train", *TINY, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+              "--output_dir", str(tmp_path / "runs2"), "--tune_encoder_epochs", "2", "--tune_encoder_blocks", "2",
+              "--tune_encoder_lr", "1e-3", "--epochs", "1", "--augment_flip"])

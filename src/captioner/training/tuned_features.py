@@ -24,6 +24,7 @@ from captioner.features.store import FeatureStore
 from captioner.models.loading import tuned_encoder
 from captioner.training.config import TrainConfig
 from captioner.training.encoder_tuning import TunedEncoder, tune_encoder
+from captioner.training.tuning_cache import load_tuning, save_tuning, tuning_file, tuning_key
 from captioner.training.objectives import concept_targets
 
 
@@ -50,16 +51,29 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
     targets = concept_targets(records, below, concepts, clean_caption)
     rows = {split: np.unique([row for r in dataset.split(split) if (row := below.row(r.image)) is not None])
             for split in ("train", "dev")}
-    say(f"tuning the last {blocks} blocks of {config.encoder} to tell the captions' {len(concepts)} concepts, "
-        f"{config.tune_encoder_epochs} epochs on {len(rows['train'])} images")
-    history = tune_encoder(encoder, blocks, below, targets, rows["train"], rows["dev"], config.tune_encoder_epochs,
-                           config.tune_encoder_lr, flip=config.augment_flip, seed=config.seed, device=device,
-                           amp=config.amp, log=say)
+    settings = {"base": base, "blocks": blocks, "epochs": config.tune_encoder_epochs, "lr": config.tune_encoder_lr,
+                "flip": config.augment_flip, "seed": config.seed, "amp": config.amp, "device": device.type}
+    key = tuning_key(below, targets, rows, settings)
+    saved = load_tuning(tuning_file(below, key), key)
+    if saved is not None:
+        state, history = saved
+        encoder.split(blocks)[1].load_state_dict(state)
+        encoder.tuned_blocks = blocks
+        say(f"the last {blocks} blocks of {config.encoder} as tuned by an earlier run with the same settings "
+            f"({tuning_file(below, key)})")
+    else:
+        say(f"tuning the last {blocks} blocks of {config.encoder} to tell the captions' {len(concepts)} concepts, "
+            f"{config.tune_encoder_epochs} epochs on {len(rows['train'])} images")
+        history = tune_encoder(encoder, blocks, below, targets, rows["train"], rows["dev"],
+                               config.tune_encoder_epochs, config.tune_encoder_lr, flip=config.augment_flip,
+                               seed=config.seed, device=device, amp=config.amp, log=say)
+    top = encoder.split(blocks)[1]
+    state = {k: v.detach().cpu().clone() for k, v in top.state_dict().items()}
+    if saved is None:
+        save_tuning(tuning_file(below, key), key, state, history)
     sha = encoder.state_sha256()
     encoder.weights_sha256 = sha
-    top = encoder.split(blocks)[1]
     features = derive_features(below, top, sha, device, log=say)
-    state = {k: v.detach().cpu().clone() for k, v in top.state_dict().items()}
     return features, TunedEncoder(blocks, state, sha, base, os.path.abspath(features.folder), history)
 
 
