@@ -24,8 +24,8 @@ from captioner.features.store import FeatureStore
 from captioner.models.loading import tuned_encoder
 from captioner.training.config import TrainConfig
 from captioner.training.encoder_tuning import TunedEncoder, tune_encoder
-from captioner.training.tuning_cache import load_tuning, save_tuning, tuning_file, tuning_key
 from captioner.training.objectives import concept_targets
+from captioner.training.tuning_cache import load_tuning, save_tuning, tuning_file, tuning_key
 
 
 def say(line: str) -> None:
