@@ -39,6 +39,7 @@ WEIGHTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0)
 CONCEPT_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PRIOR_WEIGHT = 0.0  # what search subtracts (dev chose none of PRIOR_WEIGHTS)
+CANDIDATE_COUNTS = (20, 30, 40, 50, 70, 100)  # how many of the embedding's nearest the sweep reranks
 
 
 def recalls(ranks: list[int]) -> dict[str, float]:
@@ -92,7 +93,8 @@ def main() -> None:
                         help="queries for the every-image likelihood (one per image; 0: skip it)")
     parser.add_argument("--prior_captions", type=int, default=0,
                         help="also try subtracting each image's mean log P over this many training captions")
-    parser.add_argument("--sweep", action="store_true", help="print every weight tried (to stderr)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="print every weight and number of candidates tried (to stderr)")
     parser.add_argument("--timed_queries", type=int, default=200, help="queries timed through Library.search")
     args = parser.parse_args()
     if not (args.data_dir / "Images").is_dir():
@@ -118,10 +120,13 @@ def main() -> None:
         has_embedding = captioner.model.embedding is not None
         prior = image_prior(library, args.data_dir, id_of, args.prior_captions) if args.prior_captions else {}
         has_concepts = captioner.can_tag
-        combos = [(first, w, v, b) for first in (("bm25", "embedding") if has_embedding else ("bm25",))
-                  for w in (WEIGHTS if has_embedding else (0.0,)) for v in (CONCEPT_WEIGHTS if has_concepts else (0.0,))
-                  for b in (PRIOR_WEIGHTS if prior else (0.0,))]
-        reranked: dict[tuple[str, float, float, float], list[int]] = {combo: [] for combo in combos}
+        counts = {"bm25": (args.candidates,), "embedding": tuple(
+            k for k in sorted({*CANDIDATE_COUNTS, args.candidates}) if k <= args.candidates) if args.sweep
+            else (args.candidates,)}
+        combos = [(first, k, w, v, b) for first in (("bm25", "embedding") if has_embedding else ("bm25",))
+                  for k in counts[first] for w in (WEIGHTS if has_embedding else (0.0,))
+                  for v in (CONCEPT_WEIGHTS if has_concepts else (0.0,)) for b in (PRIOR_WEIGHTS if prior else (0.0,))]
+        reranked: dict[tuple[str, int, float, float, float], list[int]] = {combo: [] for combo in combos}
         for number, (text, answer) in enumerate(queries, 1):
             words = clean_caption(text)
             for name, columns in (("captions", "captions"), ("tags", "tags"), ("both", "{captions tags}")):
@@ -131,9 +136,10 @@ def main() -> None:
             ranks["embedding"].append(rank_of(answer, cosine))
             firsts = {"bm25": best(lexical, args.candidates), "embedding": best(cosine, args.candidates)}
             evidence = library.evidence(sorted(set(firsts["bm25"]) | set(firsts["embedding"])), words)
-            for first, w, v, b in combos:
-                reranked[(first, w, v, b)].append(rank_of(answer, {
-                    i: combined(evidence[i], cosine.get(i, 0.0), w, v) - b * prior.get(i, 0.0) for i in firsts[first]}))
+            for first, k, w, v, b in combos:
+                reranked[(first, k, w, v, b)].append(rank_of(answer, {
+                    i: combined(evidence[i], cosine.get(i, 0.0), w, v) - b * prior.get(i, 0.0)
+                    for i in firsts[first][:k]}))
             if number % 500 == 0:
                 print(f"{number}/{len(queries)} queries", file=sys.stderr)
         rows = [("BM25, generated captions", recalls(ranks["captions"])), ("BM25, tags", recalls(ranks["tags"])),
@@ -142,22 +148,22 @@ def main() -> None:
             rows.append(("text-image embedding", recalls(ranks["embedding"])))
         scored = {combo: recalls(kept) for combo, kept in reranked.items()}
         if args.sweep:
-            for (first, w, v, b), result in scored.items():
-                print(f"sweep {first} w={w:g} v={v:g} b={b:g}: R@1 {result['R@1']:.1f} R@5 {result['R@5']:.1f} "
+            for (first, k, w, v, b), result in scored.items():
+                print(f"sweep {first} k={k} w={w:g} v={v:g} b={b:g}: R@1 {result['R@1']:.1f} R@5 {result['R@5']:.1f} "
                       f"R@10 {result['R@10']:.1f}", file=sys.stderr)
-        for first in dict.fromkeys(combo[0] for combo in combos):
-            mine = [combo for combo in combos if combo[0] == first]
+        for first, k in dict.fromkeys(combo[:2] for combo in combos):
+            mine = [combo for combo in combos if combo[:2] == (first, k)]
             chosen = max(mine, key=lambda combo: scored[combo]["R@1"] + scored[combo]["R@5"] + scored[combo]["R@10"])
-            default = (first, EMBEDDING_WEIGHT if has_embedding else 0.0, CONCEPT_WEIGHT if has_concepts else 0.0,
+            default = (first, k, EMBEDDING_WEIGHT if has_embedding else 0.0, CONCEPT_WEIGHT if has_concepts else 0.0,
                        PRIOR_WEIGHT if prior else 0.0)
-            alone = (first, 0.0, 0.0, 0.0)
+            alone = (first, k, 0.0, 0.0, 0.0)
             for combo in dict.fromkeys((alone, default, chosen)):
-                _, w, v, b = combo
+                _, _, w, v, b = combo
                 label = (f" + {w:g} cosine" if w else "") + (f" + {v:g} concepts" if v else "")
                 label += f" - {b:g} prior" if b else ""
                 label += " (search's default)" if combo == default and combo != alone else ""
                 label += " (this split's best)" if combo == chosen else ""
-                rows.append((f"{first} top {args.candidates}, log P{label}", scored[combo]))
+                rows.append((f"{first} top {k}, log P{label}", scored[combo]))
         if args.baseline_queries:
             one_each = list({answer: (text, answer) for text, answer in queries}.values())[: args.baseline_queries]
             every = list(id_of.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,24 @@ def test_with_an_embedding_the_nearest_photos_are_reranked_by_likelihood_and_cos
     assert results.candidates == 3 and {hit.id for hit in results.hits} == set(nearest)
     expected = sorted((likelihood[i] + 2.0 * cosine[i] for i in nearest), reverse=True)
     assert [hit.score for hit in results.hits] == pytest.approx(expected)
+
+
+def test_an_open_library_sees_the_photos_an_index_run_adds_after_its_first_search(tiny_checkpoint: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Search keeps the photos' embeddings in memory; a server's open library must still see new photos."""
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=12)
+    moved = tmp_path / "later"
+    shutil.move(photos / "a", moved)
+    run_index(tiny_checkpoint, photos)
+    words = clean_caption("a red circle")
+    with Library(photos / ".captioner") as opened:
+        first = opened.similarities(words)
+        shutil.move(moved, photos / "a")
+        run_index(tiny_checkpoint, photos)
+        again = opened.similarities(words)
+    with Library(photos / ".captioner") as fresh:
+        expected = fresh.similarities(words)
+    assert len(first) == 6 and len(again) == 12 and again == pytest.approx(expected)
 
 
 def test_filters_by_folder_tag_and_date(library: Path) -> None:

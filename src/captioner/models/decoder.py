@@ -97,7 +97,7 @@ class Decoder(nn.Module):
         elif config.concept_input == "attend":
             self.concept_memory = ConceptMemory(config.num_concepts, size, config.concept_top_k)
 
-    def _prepare(self, features: torch.Tensor) -> torch.Tensor:
+    def prepare(self, features: torch.Tensor) -> torch.Tensor:
         """Features arrive as stored (float16 from the cache); cast them once to the precision matmuls run in:
         the autocast dtype when autocast is on, else the parameters' own."""
         device = features.device.type

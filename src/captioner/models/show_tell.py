@@ -76,13 +76,13 @@ class ShowTell(Decoder):
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, None]:
         """features (B, C) pooled; captions (B, T) starting with <start> -> logits (B, T-1, V)."""
-        hidden, concepts = self._begin(self._prepare(features))
+        hidden, concepts = self._begin(self.prepare(features))
         words = self._with_concepts(self.dropout(self.embed(captions[:, :-1])), concepts)  # (B, T-1, E)
         outputs, _ = self.rnn(words, hidden)  # (B, T-1, H)
         return self.output(self.dropout(outputs)), None
 
     def start(self, features: torch.Tensor) -> State:
-        hidden, concepts = self._begin(self._prepare(features))
+        hidden, concepts = self._begin(self.prepare(features))
         if self.is_lstm:
             return {"h": hidden[0].transpose(0, 1), "c": hidden[1].transpose(0, 1), **concepts}  # (B, layers, H)
         return {"h": hidden.transpose(0, 1), **concepts}

@@ -61,7 +61,7 @@ class SoftAttention(Decoder):
         """features (B, L, C); the attention projection of the features is computed once here (doubled: see
         _attention_weights)."""
         mean = features.float().mean(1)
-        features = self._prepare(features)  # cast once, not at every step
+        features = self.prepare(features)  # cast once, not at every step
         state = {"features": features, "projected": 2 * self.feature_attention(features).float()}
         init_h, init_c = self.init_h(mean), self.init_c(mean)
         concepts = self._concept_state(features, features.dtype)

@@ -163,14 +163,14 @@ class Transformer(Decoder):
         No attention weights: the doubly stochastic penalty of soft attention does not apply here. Dropout
         belongs to this pass only: step() (decoding, and self-critical sampling) reads the whole model."""
         drop, p = self.training, self.config.drop_prob
-        memory = F.dropout(self._memory(self._prepare(features)), p, training=drop)
+        memory = F.dropout(self._memory(self.prepare(features)), p, training=drop)
         x = F.dropout(self._words(captions[:, :-1], 0), p, training=drop)  # the residual stream stays fp32
         for layer in self.layers:
             x, _, _ = layer(x, layer.memory(memory), drop=drop)
         return self.output(self.final_norm(x)), None
 
     def start(self, features: torch.Tensor) -> State:
-        features = self._prepare(features)
+        features = self.prepare(features)
         memory = self._memory(features)
         state: State = {}
         for n, layer in enumerate(self.layers):
