@@ -8,7 +8,7 @@ right answer. R@1, R@5, R@10 and the median rank for each stage of `captioner se
     for several w and v
     log P(query | image) over every image, no first stage (slow: --baseline_queries of them)
 
-    python benchmarks/retrieval.py --model_path runs/RUN/best.pt [--split test] [--candidates 100]
+    python benchmarks/retrieval.py --model_path runs/RUN/best.pt [--split test] [--candidates 50]
 
 Tune on --split dev (it prints the w dev likes best); report test. The library is built once in --library
 (default: a folder in /tmp) and reused while the model and images stay the same. Ends with the latency of
@@ -32,7 +32,7 @@ from captioner.data.formats import load_dataset
 from captioner.data.vocab import clean_caption
 from captioner.library import Library
 from captioner.library.indexer import index, model_identity
-from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT, combined
+from captioner.library.search import CANDIDATES, CONCEPT_WEIGHT, EMBEDDING_WEIGHT, combined
 
 MISSED = 10**9  # the rank of an image the stage did not return
 WEIGHTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0)
@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--model_path", type=Path, required=True)
     parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
     parser.add_argument("--split", choices=("dev", "test"), default="test")
-    parser.add_argument("--candidates", type=int, default=100, help="what the first stage passes to the reranking")
+    parser.add_argument("--candidates", type=int, default=CANDIDATES,
+                        help="what the first stage passes to the reranking (default: as `search`)")
     parser.add_argument("--library", type=Path, help="library folder (default: one in the temporary folder)")
     parser.add_argument("--queries", type=int, help="only N queries: each image's first caption, then second... (default: all)")
     parser.add_argument("--baseline_queries", type=int, default=1000,

@@ -1,6 +1,6 @@
 """Search latency on a large library: Flickr8k's images, repeated under new names up to --images (10,000 by
 default), indexed once (the repeats are copies, described from their twins), then the test references as
-queries. Prints the median and p95 of `Library.search` (first stage + reranking of the best 100).
+queries. Prints the median and p95 of `Library.search` (first stage + reranking of the best --candidates, by default as `search`).
 
     python benchmarks/search.py --model_path runs/RUN/best.pt [--images 10000] [--queries 300]
 
@@ -25,6 +25,7 @@ from captioner.api import Captioner
 from captioner.data.formats import load_dataset
 from captioner.library import Library
 from captioner.library.indexer import index, model_identity
+from captioner.library.search import CANDIDATES
 
 
 def photo_folder(images: list[Path], count: int, folder: Path) -> Path:
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--model_path", type=Path, required=True)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--candidates", type=int, default=CANDIDATES)
     parser.add_argument("--library", type=Path, help="work folder (default: one in the temporary folder)")
     parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
     args = parser.parse_args()

@@ -15,8 +15,8 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:
     search.add_argument("query", help='what the photo shows, e.g. "a dog running on the beach"')
     flag(search, "--library", type=Path, required=True, help="the library folder `captioner index` made")
     flag(search, "--top_k", type=at_least(1), default=20, help="photos shown, best first (default 20)")
-    flag(search, "--candidates", type=at_least(1), default=100,
-         help="photos the first stage passes to the model's reranking (default 100)")
+    flag(search, "--candidates", type=at_least(1),
+         help="photos the first stage passes to the model's reranking (default 50, chosen on dev)")
     flag(search, "--no_rerank", action="store_true", help="the first stage's order only (no model is loaded)")
     flag(search, "--folder", help="only photos under this folder (relative to the library's photo folder)")
     flag(search, "--tag", help="only photos with this tag")
@@ -30,10 +30,12 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from captioner.library import Filters, Library
+    from captioner.library.search import CANDIDATES
 
     filters = Filters(args.folder, args.tag, args.after, args.before)
     with Library(args.library, device=args.device) as library:
-        results = library.search(args.query, args.top_k, args.candidates, filters, rerank=not args.no_rerank)
+        results = library.search(args.query, args.top_k, args.candidates or CANDIDATES, filters,
+                                 rerank=not args.no_rerank)
         root = library.root
     if results.unknown_words:
         print(f"the model does not know: {', '.join(results.unknown_words)} (the first stage still matched "

@@ -19,6 +19,7 @@ from captioner.images import BadImageError
 from captioner.library import Filters, Library
 from captioner.library.browse import browse, details, tag_facets
 from captioner.library.files import photo_file, thumbnail
+from captioner.library.search import CANDIDATES
 
 PAGE = 60  # photos per page of the grid
 
@@ -74,7 +75,7 @@ def add_library_routes(app: FastAPI, library: Library, static: Path, caption_pho
             return error(422, "q: say what the photo shows")
         try:
             filters = filters_of(request)
-            results = await locked(library.search, q, max(1, min(top_k, 200)), 100, filters)
+            results = await locked(library.search, q, max(1, min(top_k, 200)), CANDIDATES, filters)
         except ValueError as problem:
             return error(422, str(problem))
         except CaptionerError as problem:
