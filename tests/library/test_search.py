@@ -102,6 +102,15 @@ def test_an_open_library_sees_the_photos_an_index_run_adds_after_its_first_searc
     assert len(first) == 6 and len(again) == 12 and again == pytest.approx(expected)
 
 
+def test_an_embedding_file_cut_short_is_one_clear_message(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=4)
+    run_index(tiny_checkpoint, photos)
+    embeddings = next((photos / ".captioner").glob("embeddings-*.f16"))
+    embeddings.write_bytes(embeddings.read_bytes()[: embeddings.stat().st_size // 2])
+    with Library(photos / ".captioner") as opened, pytest.raises(CaptionerError, match="rows of features"):
+        opened.similarities(clean_caption("a red circle"))
+
+
 def test_filters_by_folder_tag_and_date(library: Path) -> None:
     with Library(library) as opened:
         assert {hit.path.split("/")[0] for hit in opened.search("a circle", filters=Filters(folder="b")).hits} == {"b"}

@@ -249,9 +249,10 @@ class Library:
         except FileNotFoundError:
             return None
         version = (status.st_ino, status.st_size, status.st_mtime_ns)
-        if self._embedding_matrix is None or self._embedding_version != version or \
-                len(self._embedding_matrix) < needed:
-            self._embedding_matrix = self._embeddings.read(list(range(self._embeddings.rows))).float()
+        if self._embedding_matrix is None or self._embedding_version != version:
+            # every row up to the last the database refers to: FeatureFile.read names a file cut short
+            count = max(self._embeddings.rows, needed)
+            self._embedding_matrix = self._embeddings.read(list(range(count))).float()
             self._embedding_version = version
         return self._embedding_matrix
 

@@ -54,13 +54,14 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
     settings = {"base": base, "blocks": blocks, "epochs": config.tune_encoder_epochs, "lr": config.tune_encoder_lr,
                 "flip": config.augment_flip, "seed": config.seed, "amp": config.amp, "device": device.type}
     key = tuning_key(below, targets, rows, settings)
-    saved = load_tuning(tuning_file(below, key), key)
+    kept = tuning_file(below, key)
+    saved = load_tuning(kept, key)
     if saved is not None:
         state, history = saved
         encoder.split(blocks)[1].load_state_dict(state)
         encoder.tuned_blocks = blocks
         say(f"the last {blocks} blocks of {config.encoder} as tuned by an earlier run with the same settings "
-            f"({tuning_file(below, key)})")
+            f"({kept})")
     else:
         say(f"tuning the last {blocks} blocks of {config.encoder} to tell the captions' {len(concepts)} concepts, "
             f"{config.tune_encoder_epochs} epochs on {len(rows['train'])} images")
@@ -70,7 +71,7 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
     top = encoder.split(blocks)[1]
     state = {k: v.detach().cpu().clone() for k, v in top.state_dict().items()}
     if saved is None:
-        save_tuning(tuning_file(below, key), key, state, history)
+        save_tuning(kept, key, state, history)
     sha = encoder.state_sha256()
     encoder.weights_sha256 = sha
     features = derive_features(below, top, sha, device, log=say)

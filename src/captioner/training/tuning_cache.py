@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ def load_tuning(path: Path, key: str) -> tuple[dict[str, torch.Tensor], list[dic
     """The tuned blocks' weights and history saved under `key`; None when absent, unreadable or another key's."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, KeyError):
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError):
         return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
+    if not isinstance(saved, dict) or saved.get("key") != key or not {"state", "history"} <= saved.keys():
         return None
     return saved["state"], saved["history"]
 
