@@ -20,6 +20,7 @@ from captioner.library import Filters, Library
 from captioner.library.browse import TAGGED
 from captioner.library.indexer import decode_settings
 from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT
+from captioner.models.checkpoint import load_checkpoint
 from tests.library.helpers import collection, run_index
 
 
@@ -174,5 +175,23 @@ def test_an_embedding_that_reads_sentences_searches_with_the_sentence_encoder(ti
         cosine = opened.similarities(clean_caption("a big green square"))
         results = opened.search("a big green square", top_k=8, candidates=4)
     assert embedding.config.text == "sentence" and len(embedding.config.sentence_sha256) == 64
+    assert len(cosine) == 8 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
+    assert {hit.id for hit in results.hits} == set(sorted(cosine, key=cosine.get, reverse=True)[:4])
+
+
+def test_an_ensemble_of_embeddings_is_trained_indexed_and_searched_as_one(tiny_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:
+    assert main(["train", "--model_path", str(tiny_checkpoint), "--epochs", "0", "--embedding_epochs", "2",
+                 "--embedding_members", "2", "--output_dir", str(tmp_path / "runs")]) == 0
+    checkpoint = next((tmp_path / "runs").glob("*/best.pt"))
+    history = load_checkpoint(checkpoint)["embedding"]["history"]
+    assert [entry.get("member") for entry in history] == [1, 1, 2, 2, None] and history[-1]["ensemble"] == 2
+    photos = collection(tiny_checkpoint, tmp_path / "photos", count=8)
+    run_index(checkpoint, photos)
+    with Library(photos / ".captioner") as opened:
+        embedding = opened.model.embedding
+        cosine = opened.similarities(clean_caption("a big green square"))
+        results = opened.search("a big green square", top_k=8, candidates=4)
+    assert embedding.config.members == 2 and embedding.vector_dim == 2 * embedding.config.dim
     assert len(cosine) == 8 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
     assert {hit.id for hit in results.hits} == set(sorted(cosine, key=cosine.get, reverse=True)[:4])

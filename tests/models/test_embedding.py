@@ -8,9 +8,15 @@ from pathlib import Path
 import torch
 
 from captioner.cli.command import main
-from captioner.models.checkpoint import load_checkpoint
 from captioner.data.vocab import Vocabulary
-from captioner.models.embedding import EmbeddingConfig, TextImageEmbedding, sentence_config
+from captioner.models.checkpoint import load_checkpoint
+from captioner.models.embedding import (
+    EmbeddingConfig,
+    EmbeddingEnsemble,
+    TextImageEmbedding,
+    build_embedding,
+    sentence_config,
+)
 from captioner.models.loading import load_model
 
 
@@ -78,6 +84,24 @@ def test_a_word_reading_embedding_reads_the_vocabulary_ids() -> None:
     model = TextImageEmbedding(EmbeddingConfig(feature_dim=8, vocab_size=len(vocab), word_dim=8, dim=8))
     tokens = model.text_inputs([["a", "red", "circle"], ["blue"], []], vocab)
     assert tokens.tolist() == [vocab.encode(["a", "red", "circle"])[1:-1], [vocab.stoi["blue"], 0, 0], [0, 0, 0]]
+
+
+def test_an_ensemble_scores_a_pair_by_its_members_mean_cosine() -> None:
+    """Its vectors are unit vectors side by side, so a library stores and searches them like one embedding's."""
+    torch.manual_seed(0)
+    config = EmbeddingConfig(feature_dim=8, vocab_size=12, word_dim=8, dim=6, members=3)
+    ensemble = build_embedding(config).eval()
+    assert isinstance(ensemble, EmbeddingEnsemble) and ensemble.vector_dim == 18
+    features, words = torch.randn(4, 5, 8), torch.tensor([[4, 5, 6], [7, 0, 0], [8, 9, 0], [10, 11, 4]])
+    with torch.no_grad():
+        photos, texts = ensemble.embed_images(features), ensemble.embed_text_input(words)
+        members = [(m.embed_text_input(words) @ m.embed_images(features).T) for m in ensemble.members]
+        assert torch.allclose(photos.norm(dim=1), torch.ones(4)) and photos.shape == (4, 18)
+        assert torch.allclose(texts @ photos.T, sum(members) / 3, atol=1e-6)
+        reloaded = build_embedding(config, ensemble.state_dict()).eval()
+        assert torch.equal(reloaded.embed_images(features), photos)
+    single = build_embedding(EmbeddingConfig(feature_dim=8, vocab_size=12, word_dim=8, dim=6))
+    assert isinstance(single, TextImageEmbedding) and "image.0.weight" in single.state_dict()  # today's names
 
 
 def test_the_trained_embedding_is_kept_in_the_checkpoint_and_the_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -379,7 +379,7 @@ def _index_main(photos: list[Path], captioner: Captioner, model: str, folder: Pa
                 shape = tuple(batch_features.shape[1:])
                 features = open_features(database, folder, model, shape)
                 if embedding is not None:
-                    embeddings = open_embeddings(database, folder, model, embedding.config.dim)
+                    embeddings = open_embeddings(database, folder, model, embedding.vector_dim)
                 with database.transaction() as db:
                     database.set_meta(db, **{feature_shape_key(model): "x".join(map(str, shape))})
             batch_embeddings = None

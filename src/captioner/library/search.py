@@ -229,7 +229,7 @@ class Library:
             [*(values or []), model_id]).fetchall()
         if not rows:
             return {}
-        photos = self._photo_embeddings(model_id, embedding.config.dim, max(row for _, row in rows) + 1)
+        photos = self._photo_embeddings(model_id, embedding.vector_dim, max(row for _, row in rows) + 1)
         if photos is None:
             return {}
         device = next(embedding.parameters()).device

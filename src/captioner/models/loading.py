@@ -21,7 +21,7 @@ from captioner.errors import CaptionerError, first_line
 from captioner.features.encoders import Encoder, build_architecture, create_encoder, get_spec
 from captioner.models.checkpoint import load_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig, build_decoder
-from captioner.models.embedding import EmbeddingConfig, TextImageEmbedding, build_embedding
+from captioner.models.embedding import Embedding, EmbeddingConfig, build_embedding
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "captioner-bundle", 1
 
@@ -38,7 +38,7 @@ class TrainedModel:
     device: torch.device
     encoder: Encoder | None = None  # loaded with with_encoder=True
     concepts: ConceptVocabulary | None = None  # what the concept head tags images with; None without a head
-    embedding: TextImageEmbedding | None = None  # the text-image embedding search ranks with (--embedding_epochs)
+    embedding: Embedding | None = None  # the text-image embedding search ranks with (--embedding_epochs)
     tuned: dict | None = None  # a checkpoint's tuned encoder blocks (--tune_encoder_epochs); None: registry weights
 
     @property
@@ -79,7 +79,7 @@ def _load_checkpoint_model(path: Path, device: torch.device) -> TrainedModel:
                         tuned=checkpoint.get("tuned_encoder"))
 
 
-def _embedding(saved: dict | None, source: Path) -> TextImageEmbedding | None:
+def _embedding(saved: dict | None, source: Path) -> Embedding | None:
     """The embedding saved as {"config": ..., "state": ...}; None for models trained without one."""
     if not saved:
         return None

@@ -106,6 +106,8 @@ class TrainConfig:
                                  choices=("words", "sentence"), group=MODEL)
     embedding_dropout: float = option(0.1, "dropout on the embedding's inputs in training", low=0, below=1,
                                       group=MODEL)
+    embedding_members: int = option(1, "embeddings trained alike from different seeds, searched as one (each "
+                                       "costs --embedding_epochs more epochs)", low=1, group=MODEL)
     epochs: int = option(10, low=0, group=OPTIMISATION)
     batch_size: int = option(64, low=1, group=OPTIMISATION)
     learning_rate: float = option(4e-4, above=0, group=OPTIMISATION)

@@ -5,7 +5,7 @@ Each batch holds distinct photos with one of their captions drawn at random, so 
 A sentence-reading text side gets every caption's sentence vector once, before the first epoch (the encoder
 is frozen), and its epochs then cost about a second.
 The epoch kept is the one whose dev retrieval (R@1 + R@5 + R@10, each dev caption finding its photo among the
-dev photos) is best.
+dev photos) is best. An ensemble's members train one after the other, alike but for their random numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from captioner.features.source import FeatureSource
-from captioner.models.embedding import TextImageEmbedding, pad
+from captioner.models.embedding import Embedding, EmbeddingEnsemble, TextImageEmbedding, pad
 from captioner.training.batches import CaptionExamples
 
 PHOTOS_PER_BATCH = 128
@@ -38,7 +38,7 @@ class TextInputs:
     """What the embedding's text side reads for any of the examples: word ids, or sentence vectors computed
     once for all of them."""
 
-    def __init__(self, model: TextImageEmbedding, examples: CaptionExamples, device: torch.device) -> None:
+    def __init__(self, model: Embedding, examples: CaptionExamples, device: torch.device) -> None:
         self.examples, self.device, self.vectors = examples, device, None
         if model.config.text == "sentence":
             if examples.words is None:
@@ -51,23 +51,44 @@ class TextInputs:
         return pad([self.examples.captions[i][1:-1] for i in indices]).to(self.device)
 
 
-def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples,
-                    dev: CaptionExamples, epochs: int, learning_rate: float, *, use_grid: bool, flip: bool, seed: int,
-                    device: torch.device, log: Callable[[str], None], photos_per_batch: int = PHOTOS_PER_BATCH
-                    ) -> list[dict]:
-    """Train `model` for `epochs`, leave it with the weights of its best dev epoch; one history entry per epoch."""
-    photos = captions_by_photo(train)
-    rows = np.asarray(sorted(photos))
+def train_embedding(model: Embedding, features: FeatureSource, train: CaptionExamples, dev: CaptionExamples,
+                    epochs: int, learning_rate: float, *, use_grid: bool, flip: bool, seed: int, device: torch.device,
+                    log: Callable[[str], None], photos_per_batch: int = PHOTOS_PER_BATCH) -> list[dict]:
+    """Train `model` (each member of an ensemble in turn) for `epochs`, leave each with the weights of its best
+    dev epoch; one history entry per epoch (and member), then one for the whole ensemble."""
+    members = list(model.members) if isinstance(model, EmbeddingEnsemble) else [model]
     started = time.perf_counter()
-    texts, dev_texts = TextInputs(model, train, device), TextInputs(model, dev, device)
+    texts, dev_texts = TextInputs(members[0], train, device), TextInputs(members[0], dev, device)
     if model.config.text == "sentence":
         log(f"Embedding: {model.config.sentence_model} read {len(train) + len(dev)} captions in "
             f"{time.perf_counter() - started:.0f} s")
+    history = []
+    for number, member in enumerate(members):
+        name = f"Embedding {number + 1}/{len(members)}" if len(members) > 1 else "Embedding"
+        entries = _train_member(member, features, train, dev, texts, dev_texts, epochs, learning_rate,
+                                use_grid=use_grid, flip=flip, seed=seed * 7919 + 2 + number, device=device,
+                                log=lambda line, name=name: log(f"{name} {line}"), photos_per_batch=photos_per_batch)
+        history += [{"member": number + 1, **entry} if len(members) > 1 else entry for entry in entries]
+    if len(members) > 1:
+        scores = retrieval_scores(model, features, dev, use_grid, device, both_views=flip, texts=dev_texts)
+        history.append({"ensemble": len(members), **scores})
+        log(f"Embedding, {len(members)} members together: dev R@1 {scores['R@1']:.1f} R@5 {scores['R@5']:.1f} "
+            f"R@10 {scores['R@10']:.1f}")
+    model.eval()
+    return history
+
+
+def _train_member(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples, dev: CaptionExamples,
+                  texts: TextInputs, dev_texts: TextInputs, epochs: int, learning_rate: float, *, use_grid: bool,
+                  flip: bool, seed: int, device: torch.device, log: Callable[[str], None], photos_per_batch: int
+                  ) -> list[dict]:
+    photos = captions_by_photo(train)
+    rows = np.asarray(sorted(photos))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     steps = epochs * -(-len(rows) // photos_per_batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=max(steps, 1),
                                                    pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed * 7919 + 2)
+    generator = torch.Generator().manual_seed(seed)
     history, best, best_state = [], -1.0, None
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -93,7 +114,7 @@ def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: C
         rsum = scores["R@1"] + scores["R@5"] + scores["R@10"]
         if rsum > best:
             best, best_state = rsum, {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log(f"Embedding epoch {epoch}/{epochs}: train {entry['train_loss']:.3f} | dev R@1 {scores['R@1']:.1f} "
+        log(f"epoch {epoch}/{epochs}: train {entry['train_loss']:.3f} | dev R@1 {scores['R@1']:.1f} "
             f"R@5 {scores['R@5']:.1f} R@10 {scores['R@10']:.1f} | {entry['seconds']:.0f} s")
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -102,7 +123,7 @@ def train_embedding(model: TextImageEmbedding, features: FeatureSource, train: C
 
 
 @torch.no_grad()
-def retrieval_scores(model: TextImageEmbedding, features: FeatureSource, examples: CaptionExamples, use_grid: bool,
+def retrieval_scores(model: Embedding, features: FeatureSource, examples: CaptionExamples, use_grid: bool,
                      device: torch.device, both_views: bool = False, texts: TextInputs | None = None
                      ) -> dict[str, float]:
     """Text-to-image R@1/5/10 and median rank of the examples' captions among the examples' photos; each photo

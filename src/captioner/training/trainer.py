@@ -296,11 +296,12 @@ class Trainer:
         words = getattr(self.decoder, "embed", None)
         word_dim = words.weight.shape[1] if isinstance(words, nn.Embedding) else 512
         sizes = {"feature_dim": self.features.grid_shape[2], "vocab_size": len(self.vocab), "word_dim": word_dim,
-                 "pad_id": self.vocab.pad_id, "dropout": c.embedding_dropout}
+                 "pad_id": self.vocab.pad_id, "dropout": c.embedding_dropout, "members": c.embedding_members}
         config = sentence_config(**sizes) if c.embedding_text == "sentence" else EmbeddingConfig(**sizes)
         embedding = build_embedding(config).to(self.device)
         if config.text == "words" and isinstance(words, nn.Embedding):
-            embedding.words.weight.data.copy_(words.weight.detach().float())
+            for member in getattr(embedding, "members", [embedding]):
+                member.words.weight.data.copy_(words.weight.detach().float())
         history = train_embedding(embedding, self.features, self.data.train, self.data.dev, c.embedding_epochs,
                                   c.embedding_lr, use_grid=self.decoder.uses_grid, flip=c.augment_flip, seed=c.seed,
                                   device=self.device, log=self.log)
