@@ -139,7 +139,7 @@ class EmbeddingEnsemble(nn.Module):
     """`config.members` embeddings trained alike from different seeds. A photo's or a sentence's vector is the
     members' unit vectors side by side, divided by sqrt(members): still a unit vector, and the dot product of two
     is the members' mean cosine, so a library stores and searches it like one embedding's. Dev R@1 of the
-    embedding alone 25.7 -> 26.5 with two members (docs/results.md 5.22)."""
+    embedding alone 26.2 -> 27.4 with three members (docs/results.md 5.22)."""
 
     def __init__(self, config: EmbeddingConfig) -> None:
         super().__init__()
