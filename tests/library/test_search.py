@@ -161,12 +161,12 @@ def test_export_gives_every_photo_with_caption_tags_and_alt_text(library: Path, 
     assert lines[0] == "path,caption,tags,alt_text,width,height,taken" and len(lines) == 13
 
 
-def test_an_embedding_that_reads_sentences_searches_with_the_sentence_encoder(tiny_checkpoint: Path,
-                                                                             tmp_path: Path) -> None:
-    """Trained on a finished model (--epochs 0), as a user adds one; the query goes through the sentence
-    encoder, and the first stage passes on the photos nearest it."""
+def embedding_searched(tiny_checkpoint: Path, tmp_path: Path, *options: str) -> tuple[Path, object]:
+    """An embedding trained with `options` on a finished model (--epochs 0), as a user adds one, then eight photos
+    indexed and searched with it: the first stage must pass on the photos nearest the query. Returns the
+    checkpoint and the embedding as the library loaded it."""
     assert main(["train", "--model_path", str(tiny_checkpoint), "--epochs", "0", "--embedding_epochs", "2",
-                 "--embedding_text", "sentence", "--output_dir", str(tmp_path / "runs")]) == 0
+                 *options, "--output_dir", str(tmp_path / "runs")]) == 0
     checkpoint = next((tmp_path / "runs").glob("*/best.pt"))
     photos = collection(tiny_checkpoint, tmp_path / "photos", count=8)
     run_index(checkpoint, photos)
@@ -174,24 +174,20 @@ def test_an_embedding_that_reads_sentences_searches_with_the_sentence_encoder(ti
         embedding = opened.model.embedding
         cosine = opened.similarities(clean_caption("a big green square"))
         results = opened.search("a big green square", top_k=8, candidates=4)
-    assert embedding.config.text == "sentence" and len(embedding.config.sentence_sha256) == 64
     assert len(cosine) == 8 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
     assert {hit.id for hit in results.hits} == set(sorted(cosine, key=cosine.get, reverse=True)[:4])
+    return checkpoint, embedding
+
+
+def test_an_embedding_that_reads_sentences_searches_with_the_sentence_encoder(tiny_checkpoint: Path,
+                                                                             tmp_path: Path) -> None:
+    _, embedding = embedding_searched(tiny_checkpoint, tmp_path, "--embedding_text", "sentence")
+    assert embedding.config.text == "sentence" and len(embedding.config.sentence_sha256) == 64
 
 
 def test_an_ensemble_of_embeddings_is_trained_indexed_and_searched_as_one(tiny_checkpoint: Path,
                                                                          tmp_path: Path) -> None:
-    assert main(["train", "--model_path", str(tiny_checkpoint), "--epochs", "0", "--embedding_epochs", "2",
-                 "--embedding_members", "2", "--output_dir", str(tmp_path / "runs")]) == 0
-    checkpoint = next((tmp_path / "runs").glob("*/best.pt"))
+    checkpoint, embedding = embedding_searched(tiny_checkpoint, tmp_path, "--embedding_members", "2")
+    assert embedding.config.members == 2 and embedding.vector_dim == 2 * embedding.config.dim
     history = load_checkpoint(checkpoint)["embedding"]["history"]
     assert [entry.get("member") for entry in history] == [1, 1, 2, 2, None] and history[-1]["ensemble"] == 2
-    photos = collection(tiny_checkpoint, tmp_path / "photos", count=8)
-    run_index(checkpoint, photos)
-    with Library(photos / ".captioner") as opened:
-        embedding = opened.model.embedding
-        cosine = opened.similarities(clean_caption("a big green square"))
-        results = opened.search("a big green square", top_k=8, candidates=4)
-    assert embedding.config.members == 2 and embedding.vector_dim == 2 * embedding.config.dim
-    assert len(cosine) == 8 and all(-1.0001 <= value <= 1.0001 for value in cosine.values())
-    assert {hit.id for hit in results.hits} == set(sorted(cosine, key=cosine.get, reverse=True)[:4])
