@@ -122,6 +122,17 @@ def test_going_on_from_a_tuned_checkpoint_reads_its_cache_without_tuning_again(
         torch.testing.assert_close(again["model"][key], value)  # the run ends where an uninterrupted one did
 
 
+def test_a_tuning_option_changed_when_going_on_from_a_tuned_checkpoint_is_refused(tuned_run: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """The decoder learned on the tuned encoder's features: the run keeps them, so --tune_encoder_blocks 3
+    could not apply, and saying nothing would leave the user believing it did."""
+    assert main(["train", "--model_path", str(tuned_run / "best.pt"), "--epochs", "1", "--tune_encoder_blocks", "3",
+                 "--output_dir", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err
+    assert "--tune_encoder_blocks 3 (the checkpoint's: 2)" in error and "new run" in error
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("flags, complaint", [
     (["--encoder", "resnet34_random"], "EfficientNet-Lite"),
     (["--num_concepts", "0"], "concepts"),

@@ -58,6 +58,8 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
     if config.tune_encoder_epochs and parent is not None and not parent.get("tuned_encoder"):
         raise CaptionerError(f"{config.resume} was trained on the untuned encoder's features; --tune_encoder_epochs "
                              "would change them under its decoder. Start a new run to tune the encoder")
+    if parent is not None and parent.get("tuned_encoder"):
+        check_tuning_kept(config, parent)
     if config.tune_encoder_epochs and not parent and processes.distributed:
         raise CaptionerError("--tune_encoder_epochs runs in a single process for now; tune and train the first epoch "
                              "without torchrun, then go on from its checkpoint with torchrun and --resume")
@@ -92,6 +94,20 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
         restore(trainer, parent)
     trainer.wrap_for_processes()
     return trainer
+
+
+TUNING_OPTIONS = ("tune_encoder_epochs", "tune_encoder_blocks", "tune_encoder_lr")
+
+
+def check_tuning_kept(config: TrainConfig, parent: dict) -> None:
+    """A run going on from a tuned checkpoint keeps its tuned encoder (its decoder learned on those features), so
+    a tuning option changed now could not be honoured: say so instead of dropping it."""
+    saved = parent.get("train_config", {})
+    changed = [f"--{name} {getattr(config, name)} (the checkpoint's: {saved[name]})" for name in TUNING_OPTIONS
+               if name in saved and getattr(config, name) != saved[name]]
+    if changed:
+        raise CaptionerError(f"{config.resume} goes on with the encoder it was tuned with, so {', '.join(changed)} "
+                             "would not apply; leave the option out, or start a new run to tune differently")
 
 
 def vocabulary(config: TrainConfig, dataset: Dataset, parent: dict | None) -> Vocabulary:
