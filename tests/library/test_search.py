@@ -19,7 +19,7 @@ from captioner.errors import CaptionerError
 from captioner.library import Filters, Library
 from captioner.library.browse import TAGGED
 from captioner.library.indexer import decode_settings
-from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT
+from captioner.library.search import CONCEPT_WEIGHT, EMBEDDING_WEIGHT, TYPICAL_QUERY_TOKENS
 from captioner.models.checkpoint import load_checkpoint
 from tests.library.helpers import collection, run_index
 
@@ -49,8 +49,10 @@ def test_reranking_orders_the_photos_by_the_models_likelihood_of_the_query(tiny_
     _, features = captioner.describe_batch([(best.path, root / best.path), (worst.path, root / worst.path)],
                                            decode_settings(captioner, 3))
     tokens = torch.tensor([captioner.model.vocab.encode(clean_caption(query))] * 2)
-    expected = caption_log_likelihood(captioner.model.decoder, features.half(), tokens)
-    assert [best.score, worst.score] == pytest.approx(expected.tolist(), abs=0.05)  # bf16 batches of other sizes
+    per_word = TYPICAL_QUERY_TOKENS / 4  # "a red circle" and <end>
+    expected = caption_log_likelihood(captioner.model.decoder, features.half(), tokens) * per_word
+    assert [best.score, worst.score] == pytest.approx(expected.tolist(), abs=0.05 * per_word)  # bf16, other batches
+    assert all(found.tokens == 4 for found in evidence.values())
     assert best.caption and results.unknown_words == []
     likelihood = {hit.id: hit.score for hit in results.hits}
     assert all(found.concepts < 0 for found in evidence.values())  # "red" and "circle" are concepts
@@ -81,7 +83,8 @@ def test_with_an_embedding_the_nearest_photos_are_reranked_by_likelihood_and_cos
         results = opened.search(query, top_k=20, candidates=3, embedding_weight=2.0, concept_weight=0.0)
         likelihood = opened.likelihoods(nearest, clean_caption(query))
     assert results.candidates == 3 and {hit.id for hit in results.hits} == set(nearest)
-    expected = sorted((likelihood[i] + 2.0 * cosine[i] for i in nearest), reverse=True)
+    per_word = TYPICAL_QUERY_TOKENS / 4  # log P counts per word: "a red circle" and <end>
+    expected = sorted((likelihood[i] * per_word + 2.0 * cosine[i] for i in nearest), reverse=True)
     assert [hit.score for hit in results.hits] == pytest.approx(expected)
 
 

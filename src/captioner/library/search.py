@@ -30,6 +30,9 @@ from captioner.models.loading import TrainedModel, load_model
 CANDIDATES = 50  # dev: 30 to 100 candidates give the same recall within 0.1; 50 halves the reranking of 100
 EMBEDDING_WEIGHT = 60.0  # chosen on dev (benchmarks/retrieval.py --split dev --sweep)
 CONCEPT_WEIGHT = 2.0  # chosen on dev, likewise (2 and 3 within noise with one embedding; 2 with the ensemble)
+# log P counts per word, scaled to a typical query's length (Flickr8k's references: 11 words and <end>), so
+# that the weights above mean the same for short and long queries; dev R@1 31.5 -> 32.2 (docs/results.md 5.22)
+TYPICAL_QUERY_TOKENS = 12
 RERANK_BATCH = 100
 
 
@@ -47,6 +50,7 @@ class Evidence:
     """What the reranking reads of one photo for one query."""
     likelihood: float  # log P(query | photo) under the captioning model
     concepts: float  # mean log P(concept | photo) over the query's concepts (0 without a concept head or any)
+    tokens: int = 1  # the words scored, <end> included
 
 
 @dataclass
@@ -98,8 +102,11 @@ def _is_date(value: str) -> bool:
 
 
 def combined(evidence: Evidence, cosine: float, embedding_weight: float, concept_weight: float) -> float:
-    """The reranking's score: log P(query | photo) + w x cosine + v x concept score."""
-    return evidence.likelihood + embedding_weight * cosine + concept_weight * evidence.concepts
+    """The reranking's score: log P(query | photo) per word x TYPICAL_QUERY_TOKENS + w x cosine + v x concept
+    score. Unscaled, log P grows with the query's length while the other two do not, so long queries were
+    ranked by the decoder almost alone and short ones by the embedding."""
+    likelihood = evidence.likelihood * TYPICAL_QUERY_TOKENS / max(evidence.tokens, 1)
+    return likelihood + embedding_weight * cosine + concept_weight * evidence.concepts
 
 
 class Library:
@@ -286,7 +293,7 @@ class Library:
                 likelihood = caption_log_likelihood(decoder, grid, captions).tolist()
                 if concept_ids:
                     belief = functional.logsigmoid(decoder.concept_logits(grid))[:, concept_ids].mean(1).tolist()
-            found.update({image_id: Evidence(value, concept)
+            found.update({image_id: Evidence(value, concept, len(tokens) - 1)
                           for (image_id, _), value, concept in zip(chunk, likelihood, belief)})
         return found
 
