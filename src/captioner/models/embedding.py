@@ -45,7 +45,17 @@ class EmbeddingConfig:
         return asdict(self)
 
 
-class TextImageEmbedding(nn.Module):
+class _PhotoSide:
+    """What a library asks of an embedding's photo side, alike for one embedding and an ensemble."""
+
+    @torch.no_grad()
+    def embed_photos(self, features: torch.Tensor, views: bool) -> torch.Tensor:
+        """A library's photos: (B, ...) or with `views` (B, V, ...) features on any device -> (B, dim) on the CPU."""
+        features = features.to(next(self.parameters()).device)
+        return (self.embed_views(features) if views else self.embed_images(features)).cpu()
+
+
+class TextImageEmbedding(_PhotoSide, nn.Module):
     def __init__(self, config: EmbeddingConfig) -> None:
         super().__init__()
         self.config = config
@@ -83,12 +93,6 @@ class TextImageEmbedding(nn.Module):
         normalised sum of the views' embeddings. Dev R@1 18.8 -> 20.0 with the mirror image beside the photo."""
         embedded = self.embed_images(views.flatten(0, 1)).view(views.shape[0], views.shape[1], -1)
         return functional.normalize(embedded.sum(1), dim=-1)
-
-    @torch.no_grad()
-    def embed_photos(self, features: torch.Tensor, views: bool) -> torch.Tensor:
-        """A library's photos: (B, ...) or with `views` (B, V, ...) features on any device -> (B, dim) on the CPU."""
-        features = features.to(next(self.parameters()).device)
-        return (self.embed_views(features) if views else self.embed_images(features)).cpu()
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) word ids, right-padded, no <start>/<end> needed -> (B, dim) unit vectors.
@@ -135,7 +139,7 @@ class TextImageEmbedding(nn.Module):
         return (functional.cross_entropy(logits, targets) + functional.cross_entropy(logits.T, targets)) / 2
 
 
-class EmbeddingEnsemble(nn.Module):
+class EmbeddingEnsemble(_PhotoSide, nn.Module):
     """`config.members` embeddings trained alike from different seeds. A photo's or a sentence's vector is the
     members' unit vectors side by side, divided by sqrt(members): still a unit vector, and the dot product of two
     is the members' mean cosine, so a library stores and searches it like one embedding's. Dev R@1 of the
@@ -158,11 +162,6 @@ class EmbeddingEnsemble(nn.Module):
 
     def embed_views(self, views: torch.Tensor) -> torch.Tensor:
         return self._joined([member.embed_views(views) for member in self.members])
-
-    @torch.no_grad()
-    def embed_photos(self, features: torch.Tensor, views: bool) -> torch.Tensor:
-        features = features.to(next(self.parameters()).device)
-        return (self.embed_views(features) if views else self.embed_images(features)).cpu()
 
     def embed_text_input(self, texts: torch.Tensor) -> torch.Tensor:
         return self._joined([member.embed_text_input(texts) for member in self.members])

@@ -62,10 +62,10 @@ def train_embedding(model: Embedding, features: FeatureSource, train: CaptionExa
     if model.config.text == "sentence":
         log(f"Embedding: {model.config.sentence_model} read {len(train) + len(dev)} captions in "
             f"{time.perf_counter() - started:.0f} s")
-    history = []
+    history, photos = [], captions_by_photo(train)
     for number, member in enumerate(members):
         name = f"Embedding {number + 1}/{len(members)}" if len(members) > 1 else "Embedding"
-        entries = _train_member(member, features, train, dev, texts, dev_texts, epochs, learning_rate,
+        entries = _train_member(member, features, photos, dev, texts, dev_texts, epochs, learning_rate,
                                 use_grid=use_grid, flip=flip, seed=seed * 7919 + 2 + number, device=device,
                                 log=lambda line, name=name: log(f"{name} {line}"), photos_per_batch=photos_per_batch)
         history += [{"member": number + 1, **entry} if len(members) > 1 else entry for entry in entries]
@@ -78,11 +78,11 @@ def train_embedding(model: Embedding, features: FeatureSource, train: CaptionExa
     return history
 
 
-def _train_member(model: TextImageEmbedding, features: FeatureSource, train: CaptionExamples, dev: CaptionExamples,
-                  texts: TextInputs, dev_texts: TextInputs, epochs: int, learning_rate: float, *, use_grid: bool,
+def _train_member(model: TextImageEmbedding, features: FeatureSource, photos: dict[int, list[int]],
+                  dev: CaptionExamples, texts: TextInputs, dev_texts: TextInputs, epochs: int, learning_rate: float, *, use_grid: bool,
                   flip: bool, seed: int, device: torch.device, log: Callable[[str], None], photos_per_batch: int
                   ) -> list[dict]:
-    photos = captions_by_photo(train)
+    """`photos`: each training photo's caption indices, as captions_by_photo() gives them."""
     rows = np.asarray(sorted(photos))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     steps = epochs * -(-len(rows) // photos_per_batch)
