@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The full fault sets (training and extraction killed at 10 moments each): a few minutes more.
+# The full fault sets (training and extraction killed at 10 moments each) and second runs: a few minutes more.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

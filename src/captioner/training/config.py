@@ -132,6 +132,9 @@ class TrainConfig:
     scst_lr_decay: float = option(1.0, "multiply the self-critical learning rate by this after each self-critical "
                                        "epoch", above=0, group=RUN)
     # each sample's baseline is the mean of its siblings'
+    scst_encoder_lr: float = option(0.0, "with a tuned encoder (--tune_encoder_epochs): its tuned blocks go on "
+                                         "learning in the self-critical epochs at this rate (x --scst_lr_decay per "
+                                         "epoch); 0: they stay as tuned", low=0, group=RUN)
     scst_samples: int = option(5, "captions sampled per image in self-critical training", low=2, group=RUN)
     scst_xe_weight: float = option(0.0, "add this x the cross-entropy of the references to the self-critical loss "
                                         "(0: off)", low=0, group=RUN)

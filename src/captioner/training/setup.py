@@ -31,12 +31,13 @@ from captioner.training.batches import TrainingData
 from captioner.training.config import TrainConfig, check_options, layers_and_dropout
 from captioner.training.distributed import start_processes
 from captioner.training.encoder_tuning import TunedEncoder
+from captioner.training.learning_blocks import learning_blocks
 from captioner.training.objectives import ConceptLoss, CrossEntropy, concept_targets
-from captioner.training.resume import check_not_finished, restore
+from captioner.training.resume import check_not_finished, last_objective, restore
 from captioner.training.rundir import remove_temporaries
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
-from captioner.training.trainer import Trainer
+from captioner.training.trainer import ENCODER_GROUP, Trainer
 from captioner.training.tuned_features import features_of_tuned_checkpoint, tuned_features
 
 
@@ -88,10 +89,23 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
     if concepts is not None and config.concept_weight:
         records = [r for r in dataset.records if r.split in ("train", "dev")]
         concept_loss = ConceptLoss(concept_targets(records, features, concepts, clean_caption), config.concept_weight)
+    learning = None
+    if config.scst_encoder_lr and config.scst_epochs and tuned is not None:
+        images = [record.image for record in dataset.records if record.split in ("train", "dev", "test")]
+        with torch.random.fork_rng(devices=[]):  # building the encoder draws random numbers; the run's stay as they were
+            learning = learning_blocks(config, images, tuned, device)
     trainer = Trainer(config, decoder, model_config, vocab, data, features, optimizer, schedule, objective,
-                      self_critical, processes, device, command or sys.argv, concepts, concept_loss, tuned)
+                      self_critical, processes, device, command or sys.argv, concepts, concept_loss, tuned, learning)
     if parent is not None:
+        learned = any(group.get("name") == ENCODER_GROUP for group in parent["optimizer"]["param_groups"])
+        if learned and learning is None:
+            raise CaptionerError(f"{config.resume}'s encoder blocks were learning in its self-critical epochs "
+                                 "(--scst_encoder_lr); resume it with a --scst_encoder_lr above 0")
+        if learned:
+            trainer.add_encoder_group()  # before the optimizer state that holds it is loaded
         restore(trainer, parent)
+        if last_objective(parent) == "self-critical":
+            trainer.add_encoder_group()  # in the middle of the self-critical epochs, from now on
     trainer.wrap_for_processes()
     return trainer
 

@@ -21,6 +21,7 @@ from captioner.decoding.settings import DecodeSettings
 from captioner.devices import autocast
 from captioner.features.live import LiveFeatures
 from captioner.features.source import FeatureSource
+from captioner.features.store import FeatureStore
 from captioner.models.checkpoint import load_checkpoint, save_checkpoint
 from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.models.embedding import EmbeddingConfig, build_embedding, sentence_config
@@ -39,10 +40,13 @@ from captioner.training.config import (
 from captioner.training.distributed import Processes, stop_processes
 from captioner.training.embedding_stage import train_embedding
 from captioner.training.encoder_tuning import TunedEncoder
+from captioner.training.learning_blocks import LearningBlocks
 from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCrossEntropy
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
+
+ENCODER_GROUP = "learning encoder blocks"  # the optimizer's parameter group of --scst_encoder_lr
 
 
 class Trainer:
@@ -51,9 +55,11 @@ class Trainer:
                  schedule: Schedule | None, objective: CrossEntropy, self_critical: SelfCritical | None = None,
                  processes: Processes | None = None, device: torch.device | None = None,
                  command: list[str] | None = None, concepts: ConceptVocabulary | None = None,
-                 concept_loss: ConceptLoss | None = None, tuned: TunedEncoder | None = None) -> None:
+                 concept_loss: ConceptLoss | None = None, tuned: TunedEncoder | None = None,
+                 learning: LearningBlocks | None = None) -> None:
         self.config, self.decoder, self.model_config, self.vocab = config, decoder, model_config, vocab
         self.tuned = tuned  # the encoder's tuned blocks (--tune_encoder_epochs), kept in every checkpoint
+        self.learning = learning  # those blocks learning in the self-critical epochs (--scst_encoder_lr)
         self.data, self.features, self.optimizer, self.schedule = data, features, optimizer, schedule
         self.objective, self.self_critical = objective, self_critical
         self.concepts, self.concept_loss = concepts, concept_loss
@@ -137,7 +143,11 @@ class Trainer:
 
     def self_critical_step(self, rows: list[int]) -> tuple[float, float]:
         """One optimizer step of self-critical training on these images; returns the loss and the mean reward."""
-        features = self._features_of_rows(rows, train=True)
+        if self.learning is not None:
+            flip = torch.rand(len(rows)).numpy() < 0.5 if self.config.augment_flip else None
+            features = self.learning.features(rows, self.decoder.uses_grid, flip).to(self.device)
+        else:
+            features = self._features_of_rows(rows, train=True)
         with autocast(self.device, self.config.amp):
             loss, reward = self.self_critical.loss(self.decoder, features, rows, self.config.max_length)
             if self.references is not None:
@@ -145,7 +155,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm:
-            nn.utils.clip_grad_norm_(self.decoder.caption_parameters(), self.config.clip_norm)
+            blocks = self.learning.parameters() if self.learning is not None else []
+            nn.utils.clip_grad_norm_([*self.decoder.caption_parameters(), *blocks], self.config.clip_norm)
         self.optimizer.step()
         return float(loss.detach()), reward
 
@@ -248,6 +259,8 @@ class Trainer:
             if self_critical:
                 self._set_self_critical_lr()
                 train_loss, reward, speed = self.self_critical_epoch(epoch)
+                if self.learning is not None:  # the dev captions and the checkpoint read the blocks as they are now
+                    self.features, self.tuned = self.learning.settle(self.log)
             else:
                 (train_loss, speed), reward = self.train_epoch(epoch), None
             val_loss, scores = self.validate()
@@ -269,7 +282,10 @@ class Trainer:
             return None
         best = self.files.best_path()
         if best.exists():
-            self.decoder.load_state_dict(load_checkpoint(best)["model"])
+            kept = load_checkpoint(best)
+            self.decoder.load_state_dict(kept["model"])
+            if self.learning is not None:  # and the features of its epoch's blocks, for what trains after it
+                self.features = FeatureStore.open(Path(kept["tuned_encoder"]["cache_dir"]))
         self.files.finish(self.history, self.best_epoch)
         self.save_attention_pictures()
         if c.embedding_epochs:
@@ -350,6 +366,9 @@ class Trainer:
         ignored = ignored_options(c)
         if ignored:
             self.log(f"the {c.decoder} decoder does not read {', '.join(ignored)}: they are ignored")
+        if c.scst_encoder_lr and self.learning is None:  # the preset sets it; --tune_encoder_epochs 0 leaves no blocks
+            self.log("--scst_encoder_lr is ignored: it trains a tuned encoder's blocks in the self-critical epochs, "
+                     "and this run has " + ("no tuned encoder" if self.tuned is None else "no self-critical epochs"))
         unused = unused_schedule_options(c)
         if unused:
             self.log(f"{', '.join(unused)} are ignored without --use_scheduler: the learning rate stays constant")
@@ -362,9 +381,17 @@ class Trainer:
     def _set_self_critical_lr(self) -> None:
         """--scst_lr x --scst_lr_decay per self-critical epoch already in the history, so that a resumed or
         continued run goes on where it stopped."""
+        c = self.config
         done = sum(entry.get("objective") == "self-critical" for entry in self.history)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.scst_lr * self.config.scst_lr_decay ** done
+            rate = c.scst_encoder_lr if group.get("name") == ENCODER_GROUP else c.scst_lr
+            group["lr"] = rate * c.scst_lr_decay ** done
+
+    def add_encoder_group(self) -> None:
+        """The learning blocks' parameters join the optimizer for the self-critical epochs (once)."""
+        if self.learning is not None and not any(g.get("name") == ENCODER_GROUP for g in self.optimizer.param_groups):
+            self.optimizer.add_param_group({"params": self.learning.parameters(), "lr": self.config.scst_encoder_lr,
+                                            "name": ENCODER_GROUP})
 
     def _start_self_critical(self) -> None:
         """Continue from the best cross-entropy weights with a fresh optimizer state, at a small learning rate."""
@@ -372,13 +399,16 @@ class Trainer:
         if self.best_weights is not None:
             self.decoder.load_state_dict(self.best_weights)
         self.optimizer.state.clear()
+        self.add_encoder_group()
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
         references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
                       else "the references")
         mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}"
-                 + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else ""))
+                 + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")
+                 + (f"; the encoder's last {self.learning.tuned.blocks} blocks learn too, at {c.scst_encoder_lr:.0e}"
+                    if self.learning is not None else ""))
 
     def save_attention_pictures(self) -> None:
         c = self.config

@@ -1,0 +1,64 @@
+"""--scst_encoder_lr: the tuned encoder's last blocks (--tune_encoder_epochs) go on learning in the self-critical
+epochs, from the captions' own reward, instead of staying as the concepts tuned them.
+
+Self-critical batches are images (each sampled several times), so the blocks run once per image and sample: a
+fifth of what running them for every caption of the cross-entropy epochs would cost. They read the cached grid
+below them (features/top_blocks.py); after each epoch their output is cached again (features/derive.py), so
+that the dev captions, the checkpoint and a later `captioner evaluate` read the blocks as that epoch left them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from captioner.features.derive import derive_features
+from captioner.features.encoders import Encoder
+from captioner.features.extract import extract_features
+from captioner.features.store import FeatureStore
+from captioner.features.top_blocks import TopBlocksFeatures
+from captioner.models.loading import tuned_encoder
+from captioner.training.config import TrainConfig
+from captioner.training.encoder_tuning import TunedEncoder
+
+
+class LearningBlocks:
+    def __init__(self, encoder: Encoder, tuned: TunedEncoder, below: FeatureStore, device: torch.device,
+                 amp: bool = True) -> None:
+        self.encoder, self.tuned, self.below, self.device = encoder, tuned, below, device
+        self.top = encoder.split(tuned.blocks)[1]
+        self.source = TopBlocksFeatures(below, self.top, device, amp)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.source.parameters()
+
+    def features(self, rows: list[int] | np.ndarray, use_grid: bool, flip: np.ndarray | None) -> torch.Tensor:
+        """These images' features with gradients into the blocks."""
+        return self.source.features(rows, use_grid, flip=flip, train=True)
+
+    def settle(self, log: Callable[[str], None]) -> tuple[FeatureStore, TunedEncoder]:
+        """The blocks as they are now: the cache of their output and what a checkpoint keeps of them."""
+        sha = self.encoder.state_sha256()
+        self.encoder.weights_sha256 = sha
+        features = derive_features(self.below, self.top, sha, self.device, log=log)
+        state = {name: value.detach().cpu().clone() for name, value in self.top.state_dict().items()}
+        self.tuned = TunedEncoder(self.tuned.blocks, state, sha, self.tuned.base_sha256,
+                                  os.path.abspath(features.folder), self.tuned.history)
+        return features, self.tuned
+
+
+def learning_blocks(config: TrainConfig, images: list[Path], tuned: TunedEncoder,
+                    device: torch.device) -> LearningBlocks:
+    """The tuned blocks as `tuned` holds them, over the cache of the grid below them (built if it is gone)."""
+    weights = Path(config.encoder_weights) if config.encoder_weights else None
+    encoder = tuned_encoder(config.encoder, weights, tuned.to_dict()).to(device)
+    below = extract_features(images, config.encoder, image_size=config.image_size,
+                             cache_dir=Path(config.cache_dir) if config.cache_dir else None, flip=config.augment_flip,
+                             weights=weights, num_workers=config.num_workers, device=config.device,
+                             below_blocks=tuned.blocks)
+    return LearningBlocks(encoder, tuned, below, device, config.amp)

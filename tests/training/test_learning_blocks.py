@@ -1,0 +1,116 @@
+"""--scst_encoder_lr: the tuned encoder's last blocks go on learning in the self-critical epochs; every checkpoint
+keeps them as its epoch left them, with the cache of their output, so evaluation and resumed runs read what
+the decoder was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captioner.cli.command import main
+from captioner.features.derive import derive_features
+from captioner.features.store import FeatureStore
+from captioner.features.top_blocks import TopBlocksFeatures
+from captioner.models.checkpoint import load_checkpoint
+from captioner.models.loading import load_model, tuned_encoder
+
+TINY = ["--dataset_type", "shapes", "--max_images", "120", "--encoder", "efficientnet_lite0_random", "--image_size",
+        "64", "--batch_size", "16", "--hidden_size", "16", "--embed_size", "16", "--attention_dim", "16",
+        "--learning_rate", "3e-3", "--tune_encoder_epochs", "1", "--tune_encoder_blocks", "2", "--augment_flip"]
+LEARNING = ["--epochs", "1", "--scst_epochs", "2", "--scst_lr", "1e-3", "--scst_encoder_lr", "1e-3",
+            "--scst_xe_weight", "0.05", "--keep_checkpoints", "5", "--best_metric", "val_loss",
+            "--early_stopping_patience", "5"]
+
+
+@pytest.fixture(scope="module")
+def learning_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("learning")
+    assert main(["train", *TINY, *LEARNING, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+                 "--output_dir", str(root / "runs")]) == 0
+    return next((root / "runs").iterdir())
+
+
+def test_the_blocks_learn_in_the_self_critical_epochs_and_each_checkpoint_keeps_its_own(learning_run: Path) -> None:
+    epochs = [load_checkpoint(learning_run / f"model_epoch_{n}.pt") for n in (1, 2, 3)]
+    tuned = [checkpoint["tuned_encoder"] for checkpoint in epochs]
+    assert len({t["weights_sha256"] for t in tuned}) == 3  # cross-entropy: as tuned; then changed by each epoch
+    assert any(not torch.equal(tuned[2]["state"][k], v) for k, v in tuned[1]["state"].items())
+    for checkpoint, kept in zip(epochs, tuned):
+        assert checkpoint["encoder_settings"]["weights_sha256"] == kept["weights_sha256"]
+        cache = FeatureStore.open(Path(kept["cache_dir"]))
+        assert cache.settings["weights_sha256"] == kept["weights_sha256"] and cache.grid_flip is not None
+        encoder = tuned_encoder("efficientnet_lite0_random", None, kept)
+        assert encoder.state_sha256() == kept["weights_sha256"]  # the weights kept are the weights named
+    assert "blocks learn too" in (learning_run / "train.log").read_text()
+
+
+def test_a_checkpoint_is_evaluated_on_its_own_blocks(learning_run: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(learning_run / "model_epoch_3.pt")
+    model = load_model(learning_run / "model_epoch_3.pt", "cpu", with_encoder=True)
+    assert model.encoder.state_sha256() == checkpoint["tuned_encoder"]["weights_sha256"]
+    assert main(["evaluate", "--model_path", str(learning_run / "model_epoch_3.pt"), "--strategy", "greedy",
+                 "--split", "test", "--max_images", "6", "--output_dir", str(tmp_path / "eval")]) == 0
+    assert len(json.loads((tmp_path / "eval" / "captions.json").read_text())) == 6
+
+
+# from the last cross-entropy epoch (a run of its own in `make test-slow`), and in the self-critical ones
+@pytest.mark.parametrize("epoch", [pytest.param(1, marks=pytest.mark.slow), 2])
+def test_resuming_ends_where_the_run_did(learning_run: Path, epoch: int) -> None:
+    assert main(["train", "--resume", str(learning_run / f"model_epoch_{epoch}.pt"), "--output_dir",
+                 str(learning_run.parent)]) == 0
+    resumed = max(learning_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
+    original, again = load_checkpoint(learning_run / "model_epoch_3.pt"), load_checkpoint(resumed / "model_epoch_3.pt")
+    assert again["tuned_encoder"]["weights_sha256"] == original["tuned_encoder"]["weights_sha256"]
+    for key, value in original["model"].items():
+        torch.testing.assert_close(again["model"][key], value)
+
+
+def test_resuming_learned_blocks_without_learning_is_refused(learning_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--resume", str(learning_run / "model_epoch_2.pt"), "--scst_encoder_lr", "0",
+                 "--output_dir", str(tmp_path / "runs")]) == 2
+    assert "--scst_encoder_lr" in capsys.readouterr().err
+
+
+def test_the_blocks_over_the_cached_grid_give_the_cached_features_and_take_gradients(learning_run: Path) -> None:
+    kept = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]
+    top = tuned_encoder("efficientnet_lite0_random", None, kept).split(2)[1]
+    below = FeatureStore.open(learning_run.parents[1] / "cache")
+    source = TopBlocksFeatures(below, top, torch.device("cpu"))  # in bfloat16 where derive_features is
+    cached = FeatureStore.open(Path(kept["cache_dir"]))
+    rows, flip = np.arange(5), np.array([False, True, False, True, True])
+    with torch.no_grad():
+        live = source.features(rows, True, flip=flip)
+    torch.testing.assert_close(live.half().float(), cached.features(rows, True, flip=flip).float())
+    source.features(rows, False, train=True).sum().backward()
+    assert all(p.grad is not None for p in source.parameters() if p.requires_grad)
+    assert source.grid_shape == cached.grid_shape
+    derived = derive_features(below, top, "another", torch.device("cpu"), folder=learning_run.parent / "derived",
+                              log=lambda line: None)
+    assert derived.grid_shape == cached.grid_shape
+
+
+def test_without_a_tuned_encoder_the_option_is_ignored_and_the_run_says_so(tmp_path: Path) -> None:
+    """The preset sets it, and `--preset flickr8k_best --tune_encoder_epochs 0` (the recipe before the tuned
+    encoder) must still run."""
+    assert main(["train", *TINY[:-5], "--data_dir", str(tmp_path / "shapes"), "--epochs", "1", "--scst_epochs", "1",
+                 "--scst_encoder_lr", "1e-4", "--output_dir", str(tmp_path / "runs")]) == 0
+    log = (next((tmp_path / "runs").iterdir()) / "train.log").read_text()
+    assert "--scst_encoder_lr is ignored" in log and "no tuned encoder" in log
+
+
+@pytest.mark.slow  # a second run
+def test_the_cross_entropy_epochs_are_those_of_a_run_without_learning_blocks(learning_run: Path) -> None:
+    """The flag changes the self-critical epochs only: building the blocks draws no number from the run's
+    random stream, so the preset's cross-entropy epochs stay bit for bit what they were."""
+    root = learning_run.parents[1]
+    at = LEARNING.index("--scst_encoder_lr")
+    plain = LEARNING[:at] + LEARNING[at + 2:]
+    assert main(["train", *TINY, *plain, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+                 "--output_dir", str(root / "plain")]) == 0
+    without = load_checkpoint(next((root / "plain").iterdir()) / "model_epoch_1.pt")["model"]
+    for key, value in load_checkpoint(learning_run / "model_epoch_1.pt")["model"].items():
+        assert torch.equal(without[key], value)
