@@ -37,7 +37,8 @@ from captioner.training.resume import check_not_finished, last_objective, restor
 from captioner.training.rundir import remove_temporaries
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
-from captioner.training.trainer import ENCODER_GROUP, Trainer
+from captioner.training.self_critical_phase import ENCODER_GROUP
+from captioner.training.trainer import Trainer
 from captioner.training.tuned_features import features_of_tuned_checkpoint, tuned_features
 
 

@@ -45,11 +45,10 @@ from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCr
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
+from captioner.training.self_critical_phase import SelfCriticalPhase
 
-ENCODER_GROUP = "learning encoder blocks"  # the optimizer's parameter group of --scst_encoder_lr
 
-
-class Trainer:
+class Trainer(SelfCriticalPhase):
     def __init__(self, config: TrainConfig, decoder: Decoder, model_config: DecoderConfig, vocab: Vocabulary,
                  data: TrainingData, features: FeatureSource, optimizer: torch.optim.Optimizer,
                  schedule: Schedule | None, objective: CrossEntropy, self_critical: SelfCritical | None = None,
@@ -140,47 +139,6 @@ class Trainer:
             bar.set_postfix(loss=f"{cross_entropy / max(count, 1):.3f}", captions_s=f"{speed:.0f}")
         total, words = self.processes.sum(total, words)
         return total / max(words, 1), captions_seen / (time.perf_counter() - started)
-
-    def self_critical_step(self, rows: list[int]) -> tuple[float, float]:
-        """One optimizer step of self-critical training on these images; returns the loss and the mean reward."""
-        if self.learning is not None:
-            flip = torch.rand(len(rows)).numpy() < 0.5 if self.config.augment_flip else None
-            features = self.learning.features(rows, self.decoder.uses_grid, flip).to(self.device)
-        else:
-            features = self._features_of_rows(rows, train=True)
-        with autocast(self.device, self.config.amp):
-            loss, reward = self.self_critical.loss(self.decoder, features, rows, self.config.max_length)
-            if self.references is not None:
-                loss = loss + self.config.scst_xe_weight * self.references(self.model, features, rows)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.clip_norm:
-            blocks = self.learning.parameters() if self.learning is not None else []
-            nn.utils.clip_grad_norm_([*self.decoder.caption_parameters(), *blocks], self.config.clip_norm)
-        self.optimizer.step()
-        return float(loss.detach()), reward
-
-    def self_critical_epoch(self, epoch: int) -> tuple[float, float, float]:
-        """One epoch of self-critical training: mean loss, mean reward (CIDEr-D of the samples), captions/s."""
-        self.model.train()
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        images_per_batch = max(1, self.config.batch_size // self.config.scst_samples)
-        batches = self.self_critical.batches(images_per_batch * self.processes.world_size, generator)
-        total_loss, total_reward, count, started = 0.0, 0.0, 0, time.perf_counter()
-        bar = progress(batches, desc=f"epoch {epoch} (self-critical)", unit="batch", enabled=self.processes.is_main,
-                       leave=False)
-        for rows in bar:
-            mine = self.processes.shard(rows)
-            if not mine:
-                continue
-            loss, reward = self.self_critical_step(mine)
-            total_loss += loss * len(mine)
-            total_reward += reward * len(mine)
-            count += len(mine)
-            bar.set_postfix(cider=f"{reward:.3f}")
-        total_loss, total_reward, count = self.processes.sum(total_loss, total_reward, count)
-        speed = count * self.config.scst_samples / (time.perf_counter() - started)
-        return total_loss / max(count, 1), total_reward / max(count, 1), speed
 
     @property
     def dev_decoding(self) -> DecodeSettings:
@@ -377,38 +335,6 @@ class Trainer:
             where = (f"{Path(self.features.description) / 'manifest.json'} under 'skipped'" if self.live is None
                      else ", ".join(f"{name}: {why}" for name, why in list(self.features.skipped.items())[:5]))
             self.log(f"left out {unreadable} train/dev images the encoder could not read ({where})")
-
-    def _set_self_critical_lr(self) -> None:
-        """--scst_lr x --scst_lr_decay per self-critical epoch already in the history, so that a resumed or
-        continued run goes on where it stopped."""
-        c = self.config
-        done = sum(entry.get("objective") == "self-critical" for entry in self.history)
-        for group in self.optimizer.param_groups:
-            rate = c.scst_encoder_lr if group.get("name") == ENCODER_GROUP else c.scst_lr
-            group["lr"] = rate * c.scst_lr_decay ** done
-
-    def add_encoder_group(self) -> None:
-        """The learning blocks' parameters join the optimizer for the self-critical epochs (once)."""
-        if self.learning is not None and not any(g.get("name") == ENCODER_GROUP for g in self.optimizer.param_groups):
-            self.optimizer.add_param_group({"params": self.learning.parameters(), "lr": self.config.scst_encoder_lr,
-                                            "name": ENCODER_GROUP})
-
-    def _start_self_critical(self) -> None:
-        """Continue from the best cross-entropy weights with a fresh optimizer state, at a small learning rate."""
-        c = self.config
-        if self.best_weights is not None:
-            self.decoder.load_state_dict(self.best_weights)
-        self.optimizer.state.clear()
-        self.add_encoder_group()
-        reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
-        references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
-                      else "the references")
-        mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
-        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
-                 f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}"
-                 + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")
-                 + (f"; the encoder's last {self.learning.tuned.blocks} blocks learn too, at {c.scst_encoder_lr:.0e}"
-                    if self.learning is not None else ""))
 
     def save_attention_pictures(self) -> None:
         c = self.config
