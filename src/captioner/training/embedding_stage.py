@@ -79,9 +79,9 @@ def train_embedding(model: Embedding, features: FeatureSource, train: CaptionExa
 
 
 def _train_member(model: TextImageEmbedding, features: FeatureSource, photos: dict[int, list[int]],
-                  dev: CaptionExamples, texts: TextInputs, dev_texts: TextInputs, epochs: int, learning_rate: float, *, use_grid: bool,
-                  flip: bool, seed: int, device: torch.device, log: Callable[[str], None], photos_per_batch: int
-                  ) -> list[dict]:
+                  dev: CaptionExamples, texts: TextInputs, dev_texts: TextInputs, epochs: int, learning_rate: float,
+                  *, use_grid: bool, flip: bool, seed: int, device: torch.device, log: Callable[[str], None],
+                  photos_per_batch: int) -> list[dict]:
     """`photos`: each training photo's caption indices, as captions_by_photo() gives them."""
     rows = np.asarray(sorted(photos))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)

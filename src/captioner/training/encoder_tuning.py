@@ -23,6 +23,7 @@ from captioner.devices import autocast
 from captioner.errors import CaptionerError
 from captioner.features.encoders import Encoder
 from captioner.features.store import FeatureStore
+from captioner.features.top_blocks import TopBlocksFeatures
 from captioner.models.concept_head import ConceptHead
 
 BATCH = 64
@@ -54,13 +55,10 @@ def tune_encoder(encoder: Encoder, blocks: int, below: FeatureStore, targets: to
     if not len(train_rows):
         raise CaptionerError("--tune_encoder_epochs needs training images the encoder could read; there are none")
     _, top = encoder.split(blocks)
-    h, w, channels = below.grid_shape
-    top = top.to(device).eval().requires_grad_(True)  # eval: batch norm keeps its ImageNet statistics
-    with torch.no_grad():
-        out_channels = top(torch.zeros(1, channels, h, w, device=device)).shape[1]
+    source = TopBlocksFeatures(below, top, device, amp)  # eval: batch norm keeps its ImageNet statistics
     with torch.random.fork_rng(devices=[]):  # the run's own random numbers stay as they were
         torch.manual_seed(seed * 7919 + 3)
-        head = ConceptHead(out_channels, targets.shape[1]).to(device)
+        head = ConceptHead(source.grid_shape[2], targets.shape[1]).to(device)
     generator = torch.Generator().manual_seed(seed * 7919 + 4)
     optimizer = torch.optim.AdamW([
         {"params": list(top.parameters()), "lr": learning_rate, "weight_decay": WEIGHT_DECAY},
@@ -70,11 +68,9 @@ def tune_encoder(encoder: Encoder, blocks: int, below: FeatureStore, targets: to
                                                    pct_start=0.1)
 
     def logits(rows: np.ndarray, mirrored: np.ndarray | None) -> torch.Tensor:
-        cached = below.features(rows, True, flip=mirrored).to(device)  # (B, h*w, C) float16
-        grid = cached.transpose(1, 2).reshape(len(rows), channels, h, w).float()
+        tuned = source.features(rows, True, flip=mirrored, train=True)  # (B, h'*w', C')
         with autocast(device, amp):
-            tuned = top(grid.contiguous(memory_format=torch.channels_last))  # (B, C', h', w')
-            return head(tuned.flatten(2).transpose(1, 2)).float()
+            return head(tuned).float()
 
     def loss_of(rows: np.ndarray, mirrored: np.ndarray | None = None) -> torch.Tensor:
         wanted = targets[torch.as_tensor(rows, dtype=torch.long)].to(device)

@@ -19,12 +19,12 @@ from torch import nn
 
 from captioner.features.derive import derive_features
 from captioner.features.encoders import Encoder
-from captioner.features.extract import extract_features
 from captioner.features.store import FeatureStore
 from captioner.features.top_blocks import TopBlocksFeatures
 from captioner.models.loading import tuned_encoder
 from captioner.training.config import TrainConfig
 from captioner.training.encoder_tuning import TunedEncoder
+from captioner.training.tuned_features import cache_below
 
 
 class LearningBlocks:
@@ -57,8 +57,4 @@ def learning_blocks(config: TrainConfig, images: list[Path], tuned: TunedEncoder
     """The tuned blocks as `tuned` holds them, over the cache of the grid below them (built if it is gone)."""
     weights = Path(config.encoder_weights) if config.encoder_weights else None
     encoder = tuned_encoder(config.encoder, weights, tuned.to_dict()).to(device)
-    below = extract_features(images, config.encoder, image_size=config.image_size,
-                             cache_dir=Path(config.cache_dir) if config.cache_dir else None, flip=config.augment_flip,
-                             weights=weights, num_workers=config.num_workers, device=config.device,
-                             below_blocks=tuned.blocks)
-    return LearningBlocks(encoder, tuned, below, device, config.amp)
+    return LearningBlocks(encoder, tuned, cache_below(config, images, tuned.blocks), device, config.amp)

@@ -41,10 +41,7 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
                              "--num_concepts 0 leaves none")
     weights = Path(config.encoder_weights) if config.encoder_weights else None
     blocks = config.tune_encoder_blocks
-    below = extract_features(images, config.encoder, image_size=config.image_size,
-                             cache_dir=Path(config.cache_dir) if config.cache_dir else None, flip=config.augment_flip,
-                             weights=weights, num_workers=config.num_workers, device=config.device,
-                             below_blocks=blocks)
+    below = cache_below(config, images, blocks)
     encoder = create_encoder(config.encoder, weights).to(device)
     base = encoder.weights_sha256
     records = [r for r in dataset.records if r.split in ("train", "dev")]
@@ -76,6 +73,14 @@ def tuned_features(config: TrainConfig, dataset: Dataset, images: list[Path], co
     encoder.weights_sha256 = sha
     features = derive_features(below, top, sha, device, log=say)
     return features, TunedEncoder(blocks, state, sha, base, os.path.abspath(features.folder), history)
+
+
+def cache_below(config: TrainConfig, images: list[Path], blocks: int) -> FeatureStore:
+    """The cache of the grid below the encoder's last `blocks` blocks (built, or found where it was built)."""
+    return extract_features(images, config.encoder, image_size=config.image_size,
+                            cache_dir=Path(config.cache_dir) if config.cache_dir else None, flip=config.augment_flip,
+                            weights=Path(config.encoder_weights) if config.encoder_weights else None,
+                            num_workers=config.num_workers, device=config.device, below_blocks=blocks)
 
 
 def features_of_tuned_checkpoint(config: TrainConfig, images: list[Path], saved: dict,
