@@ -1,5 +1,5 @@
-"""--scst_encoder_lr: the tuned encoder's last blocks go on learning in the self-critical epochs; every checkpoint
-keeps them as its epoch left them, with the cache of their output, so evaluation and resumed runs read what
+"""--scst_encoder_lr, --xe_encoder_lr: the tuned encoder's last blocks go on learning in the self-critical epochs,
+or in the cross-entropy ones too; every checkpoint keeps them as its epoch left them, with the cache of their output, so evaluation and resumed runs read what
 the decoder was trained on."""
 
 from __future__ import annotations
@@ -114,3 +114,43 @@ def test_the_cross_entropy_epochs_are_those_of_a_run_without_learning_blocks(lea
     without = load_checkpoint(next((root / "plain").iterdir()) / "model_epoch_1.pt")["model"]
     for key, value in load_checkpoint(learning_run / "model_epoch_1.pt")["model"].items():
         assert torch.equal(without[key], value)
+
+
+XE_LEARNING = ["--epochs", "2", "--xe_encoder_lr", "1e-3", "--xe_encoder_from", "2", "--keep_checkpoints", "5",
+               "--best_metric", "val_loss", "--early_stopping_patience", "5"]
+
+
+@pytest.fixture(scope="module")
+def xe_learning_run(learning_run: Path) -> Path:
+    root = learning_run.parents[1]  # the same data and caches: the tuning is found, not repeated
+    assert main(["train", *TINY, *XE_LEARNING, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+                 "--output_dir", str(root / "xe")]) == 0
+    return next((root / "xe").iterdir())
+
+
+def test_the_blocks_learn_in_the_cross_entropy_epochs_from_the_one_asked(learning_run: Path,
+                                                                         xe_learning_run: Path) -> None:
+    first, second = (load_checkpoint(xe_learning_run / f"model_epoch_{n}.pt") for n in (1, 2))
+    as_tuned = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]["weights_sha256"]
+    assert first["tuned_encoder"]["weights_sha256"] == as_tuned  # epoch 1: the blocks as the tuning left them
+    assert first["tuned_encoder"]["weights_sha256"] != second["tuned_encoder"]["weights_sha256"]
+    cache = FeatureStore.open(Path(second["tuned_encoder"]["cache_dir"]))
+    assert cache.settings["weights_sha256"] == second["tuned_encoder"]["weights_sha256"]
+    assert "learn in cross-entropy epochs 2-2" in (xe_learning_run / "train.log").read_text()
+
+
+@pytest.mark.slow  # a run of its own
+def test_resuming_in_the_cross_entropy_epochs_ends_where_the_run_did(xe_learning_run: Path) -> None:
+    assert main(["train", "--resume", str(xe_learning_run / "model_epoch_1.pt"), "--output_dir",
+                 str(xe_learning_run.parent)]) == 0
+    resumed = max(xe_learning_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
+    original, again = (load_checkpoint(run / "model_epoch_2.pt") for run in (xe_learning_run, resumed))
+    assert again["tuned_encoder"]["weights_sha256"] == original["tuned_encoder"]["weights_sha256"]
+    for key, value in original["model"].items():
+        torch.testing.assert_close(again["model"][key], value)
+
+
+def test_blocks_learning_in_the_cross_entropy_epochs_refuse_a_per_batch_schedule(tmp_path: Path, capsys) -> None:
+    assert main(["train", *TINY, "--data_dir", str(tmp_path / "shapes"), "--xe_encoder_lr", "1e-4",
+                 "--use_scheduler", "--scheduler_type", "one_cycle", "--output_dir", str(tmp_path / "runs")]) == 2
+    assert "one_cycle" in capsys.readouterr().err

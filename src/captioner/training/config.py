@@ -135,6 +135,11 @@ class TrainConfig:
     scst_encoder_lr: float = option(0.0, "with a tuned encoder (--tune_encoder_epochs): its tuned blocks go on "
                                          "learning in the self-critical epochs at this rate (x --scst_lr_decay per "
                                          "epoch); 0: they stay as tuned", low=0, group=RUN)
+    xe_encoder_lr: float = option(0.0, "with a tuned encoder (--tune_encoder_epochs): its tuned blocks learn in the "
+                                       "cross-entropy epochs too, from --xe_encoder_from on, at this rate x the "
+                                       "schedule's share of --learning_rate; 0: they stay as tuned", low=0, group=RUN)
+    xe_encoder_from: int = option(1, "--xe_encoder_lr: the first cross-entropy epoch in which the blocks learn", low=1,
+                                  group=RUN)
     scst_samples: int = option(5, "captions sampled per image in self-critical training", low=2, group=RUN)
     scst_xe_weight: float = option(0.0, "add this x the cross-entropy of the references to the self-critical loss "
                                         "(0: off)", low=0, group=RUN)
@@ -213,6 +218,9 @@ def check_options(config: TrainConfig) -> None:
         if not config.num_concepts:
             raise CaptionerError("--tune_encoder_epochs tunes the encoder to tell the captions' concepts; "
                                  "--num_concepts 0 leaves none")
+    if config.xe_encoder_lr and config.use_scheduler and config.schedule.scheduler_type == "one_cycle":
+        raise CaptionerError("--xe_encoder_lr follows the decoder's schedule epoch by epoch; --scheduler_type "
+                             "one_cycle changes the rate at every batch: choose another schedule")
     if config.embedding_epochs and config.embedding_text == "sentence":
         model_folder()  # the sentence encoder is installed: said now, not after the captions' hours
     if config.decoder == "transformer" and config.hidden_size % config.num_heads:

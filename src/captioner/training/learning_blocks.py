@@ -1,5 +1,6 @@
 """--scst_encoder_lr: the tuned encoder's last blocks (--tune_encoder_epochs) go on learning in the self-critical
-epochs, from the captions' own reward, instead of staying as the concepts tuned them.
+epochs, from the captions' own reward, instead of staying as the concepts tuned them; --xe_encoder_lr: in the
+cross-entropy epochs too, from the captions themselves.
 
 Self-critical batches are images (each sampled several times), so the blocks run once per image and sample: a
 fifth of what running them for every caption of the cross-entropy epochs would cost. They read the cached grid
@@ -37,9 +38,10 @@ class LearningBlocks:
     def parameters(self) -> list[nn.Parameter]:
         return self.source.parameters()
 
-    def features(self, rows: list[int] | np.ndarray, use_grid: bool, flip: np.ndarray | None) -> torch.Tensor:
-        """These images' features with gradients into the blocks."""
-        return self.source.features(rows, use_grid, flip=flip, train=True)
+    def features(self, rows: list[int] | np.ndarray, use_grid: bool, *, flip: np.ndarray | None,
+                 train: bool = True) -> torch.Tensor:
+        """These images' features, with gradients into the blocks when `train`."""
+        return self.source.features(rows, use_grid, flip=flip, train=train)
 
     def settle(self, log: Callable[[str], None]) -> tuple[FeatureStore, TunedEncoder]:
         """The blocks as they are now: the cache of their output and what a checkpoint keeps of them."""

@@ -19,7 +19,7 @@ from captioner.training.learning_blocks import LearningBlocks
 from captioner.training.objectives import ReferenceCrossEntropy
 from captioner.training.self_critical import SelfCritical
 
-ENCODER_GROUP = "learning encoder blocks"  # the optimizer's parameter group of --scst_encoder_lr
+ENCODER_GROUP = "learning encoder blocks"  # the optimizer's parameter group of --xe_encoder_lr, --scst_encoder_lr
 
 
 class SelfCriticalPhase:
@@ -32,6 +32,7 @@ class SelfCriticalPhase:
     self_critical: SelfCritical | None
     references: ReferenceCrossEntropy | None
     learning: LearningBlocks | None
+    blocks_learning: bool
     processes: Processes
     device: torch.device
     history: list[dict]
@@ -42,9 +43,9 @@ class SelfCriticalPhase:
 
     def self_critical_step(self, rows: list[int]) -> tuple[float, float]:
         """One optimizer step of self-critical training on these images; returns the loss and the mean reward."""
-        if self.learning is not None:
+        if self.blocks_learning:
             flip = torch.rand(len(rows)).numpy() < 0.5 if self.config.augment_flip else None
-            features = self.learning.features(rows, self.decoder.uses_grid, flip).to(self.device)
+            features = self.learning.features(rows, self.decoder.uses_grid, flip=flip).to(self.device)
         else:
             features = self._features_of_rows(rows, train=True)
         with autocast(self.device, self.config.amp):
@@ -54,7 +55,7 @@ class SelfCriticalPhase:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm:
-            blocks = self.learning.parameters() if self.learning is not None else []
+            blocks = self.learning.parameters() if self.blocks_learning else []
             nn.utils.clip_grad_norm_([*self.decoder.caption_parameters(), *blocks], self.config.clip_norm)
         self.optimizer.step()
         return float(loss.detach()), reward
@@ -91,7 +92,7 @@ class SelfCriticalPhase:
             group["lr"] = rate * c.scst_lr_decay ** done
 
     def add_encoder_group(self) -> None:
-        """The learning blocks' parameters join the optimizer for the self-critical epochs (once)."""
+        """The learning blocks' parameters join the optimizer when they first learn (once)."""
         if self.learning is not None and not any(g.get("name") == ENCODER_GROUP for g in self.optimizer.param_groups):
             self.optimizer.add_param_group({"params": self.learning.parameters(), "lr": self.config.scst_encoder_lr,
                                             "name": ENCODER_GROUP})
@@ -111,4 +112,4 @@ class SelfCriticalPhase:
                  f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}"
                  + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")
                  + (f"; the encoder's last {self.learning.tuned.blocks} blocks learn too, at {c.scst_encoder_lr:.0e}"
-                    if self.learning is not None else ""))
+                    if self.learning is not None and c.scst_encoder_lr else ""))

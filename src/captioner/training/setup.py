@@ -91,7 +91,7 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
         records = [r for r in dataset.records if r.split in ("train", "dev")]
         concept_loss = ConceptLoss(concept_targets(records, features, concepts, clean_caption), config.concept_weight)
     learning = None
-    if config.scst_encoder_lr and config.scst_epochs and tuned is not None:
+    if ((config.scst_encoder_lr and config.scst_epochs) or config.xe_encoder_lr) and tuned is not None:
         images = [record.image for record in dataset.records if record.split in ("train", "dev", "test")]
         with torch.random.fork_rng(devices=[]):  # building the encoder draws random numbers; the run's stay as they were
             learning = learning_blocks(config, images, tuned, device)
@@ -100,8 +100,8 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
     if parent is not None:
         learned = any(group.get("name") == ENCODER_GROUP for group in parent["optimizer"]["param_groups"])
         if learned and learning is None:
-            raise CaptionerError(f"{config.resume}'s encoder blocks were learning in its self-critical epochs "
-                                 "(--scst_encoder_lr); resume it with a --scst_encoder_lr above 0")
+            raise CaptionerError(f"{config.resume}'s encoder blocks were learning (--xe_encoder_lr, "
+                                 "--scst_encoder_lr); resume it with the rate of the epochs that follow above 0")
         if learned:
             trainer.add_encoder_group()  # before the optimizer state that holds it is loaded
         restore(trainer, parent)

@@ -45,7 +45,7 @@ from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCr
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
-from captioner.training.self_critical_phase import SelfCriticalPhase
+from captioner.training.self_critical_phase import ENCODER_GROUP, SelfCriticalPhase
 
 
 class Trainer(SelfCriticalPhase):
@@ -58,7 +58,8 @@ class Trainer(SelfCriticalPhase):
                  learning: LearningBlocks | None = None) -> None:
         self.config, self.decoder, self.model_config, self.vocab = config, decoder, model_config, vocab
         self.tuned = tuned  # the encoder's tuned blocks (--tune_encoder_epochs), kept in every checkpoint
-        self.learning = learning  # those blocks learning in the self-critical epochs (--scst_encoder_lr)
+        self.learning = learning  # those blocks learning (--xe_encoder_lr, --scst_encoder_lr)
+        self.blocks_learning = False  # in the epoch under way
         self.data, self.features, self.optimizer, self.schedule = data, features, optimizer, schedule
         self.objective, self.self_critical = objective, self_critical
         self.concepts, self.concept_loss = concepts, concept_loss
@@ -101,8 +102,9 @@ class Trainer(SelfCriticalPhase):
         total_words = sum(len(train.captions[i]) - 1 for i in indices)
         local = self.processes.shard(list(range(len(indices))))
         mine = [indices[i] for i in local]
-        features = self.features.features(train.rows[mine], self.decoder.uses_grid,
-                                          flip=flip[local] if flip is not None else None, train=True)
+        source = self.learning if self.blocks_learning else self.features
+        features = source.features(train.rows[mine], self.decoder.uses_grid,
+                                   flip=flip[local] if flip is not None else None, train=True)
         features, captions = features.to(self.device), pad_captions(train, mine).to(self.device)
         with autocast(self.device, self.config.amp):
             loss, cross_entropy = self.objective(self.model, features, captions, total_words, len(indices),
@@ -111,7 +113,8 @@ class Trainer(SelfCriticalPhase):
                 loss = loss + self.concept_loss(self.decoder, features, train.rows[mine])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        encoder_parameters = self.live.parameters() if self.live is not None else []
+        encoder_parameters = (self.live.parameters() if self.live is not None
+                              else self.learning.parameters() if self.blocks_learning else [])
         self.processes.average_gradients(encoder_parameters)  # DDP wraps the decoder only
         if self.config.clip_norm:  # the concept head apart: its gradients leave the captions' clipping as it was
             nn.utils.clip_grad_norm_([*self.decoder.caption_parameters(), *encoder_parameters], self.config.clip_norm)
@@ -121,6 +124,19 @@ class Trainer(SelfCriticalPhase):
         if self.schedule is not None:
             self.schedule.after_batch()
         return float(cross_entropy), int((captions[:, 1:] != self.vocab.pad_id).sum())
+
+    def _set_xe_encoder_lr(self, epoch: int) -> bool:
+        """--xe_encoder_lr scaled as the schedule has scaled the decoder's rate by now; whether the blocks learn in
+        this cross-entropy epoch."""
+        c = self.config
+        if self.learning is None or not c.xe_encoder_lr or epoch < c.xe_encoder_from:
+            return False
+        self.add_encoder_group()
+        share = self.optimizer.param_groups[0]["lr"] / c.learning_rate
+        for group in self.optimizer.param_groups:
+            if group.get("name") == ENCODER_GROUP:
+                group["lr"] = c.xe_encoder_lr * share
+        return True
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """Mean cross-entropy per word over the epoch, and captions per second (all processes together)."""
@@ -216,11 +232,13 @@ class Trainer(SelfCriticalPhase):
                 self._start_self_critical()
             if self_critical:
                 self._set_self_critical_lr()
+                self.blocks_learning = self.learning is not None and c.scst_encoder_lr > 0
                 train_loss, reward, speed = self.self_critical_epoch(epoch)
-                if self.learning is not None:  # the dev captions and the checkpoint read the blocks as they are now
-                    self.features, self.tuned = self.learning.settle(self.log)
             else:
+                self.blocks_learning = self._set_xe_encoder_lr(epoch)
                 (train_loss, speed), reward = self.train_epoch(epoch), None
+            if self.blocks_learning:  # the dev captions and the checkpoint read the blocks as they are now
+                self.features, self.tuned = self.learning.settle(self.log)
             val_loss, scores = self.validate()
             improved = self._after_epoch(epoch, self_critical, train_loss, reward, speed, val_loss, scores)
             if main:
@@ -327,6 +345,12 @@ class Trainer(SelfCriticalPhase):
         if c.scst_encoder_lr and self.learning is None:  # the preset sets it; --tune_encoder_epochs 0 leaves no blocks
             self.log("--scst_encoder_lr is ignored: it trains a tuned encoder's blocks in the self-critical epochs, "
                      "and this run has " + ("no tuned encoder" if self.tuned is None else "no self-critical epochs"))
+        if c.xe_encoder_lr and self.learning is None:
+            self.log("--xe_encoder_lr is ignored: it trains a tuned encoder's blocks, and this run has none")
+        elif c.xe_encoder_lr and c.xe_encoder_from <= c.epochs:
+            self.log(f"the encoder's last {self.learning.tuned.blocks} blocks learn in cross-entropy epochs "
+                     f"{max(c.xe_encoder_from, self.start_epoch)}-{c.epochs} too, at {c.xe_encoder_lr:.0e} x the "
+                     "schedule's share of --learning_rate")
         unused = unused_schedule_options(c)
         if unused:
             self.log(f"{', '.join(unused)} are ignored without --use_scheduler: the learning rate stays constant")
