@@ -17,6 +17,8 @@ from captioner.features.store import FeatureStore
 from captioner.features.top_blocks import TopBlocksFeatures
 from captioner.models.checkpoint import load_checkpoint
 from captioner.models.loading import load_model, tuned_encoder
+from captioner.training.encoder_tuning import TunedEncoder
+from captioner.training.learning_blocks import LearningBlocks
 
 TINY = ["--dataset_type", "shapes", "--max_images", "120", "--encoder", "efficientnet_lite0_random", "--image_size",
         "64", "--batch_size", "16", "--hidden_size", "16", "--embed_size", "16", "--attention_dim", "16",
@@ -93,6 +95,24 @@ def test_the_blocks_over_the_cached_grid_give_the_cached_features_and_take_gradi
     assert derived.grid_shape == cached.grid_shape
 
 
+def test_the_blocks_run_once_per_image_of_a_batch_of_captions(learning_run: Path) -> None:
+    kept = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]
+    tuned = TunedEncoder(kept["blocks"], kept["state"], kept["weights_sha256"], kept["base_sha256"],
+                         kept["cache_dir"], kept["history"])
+    blocks = LearningBlocks(tuned_encoder("efficientnet_lite0_random", None, kept), tuned,
+                            FeatureStore.open(learning_run.parents[1] / "cache"), torch.device("cpu"))
+    seen: list[int] = []
+    blocks.top.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    rows, flip = np.array([3, 3, 5, 3, 7]), np.array([True, False, False, True, False])
+    features = blocks.caption_features(rows, True, flip=flip)
+    assert seen == [3]  # images 3, 5 and 7; image 3 as its first caption's flip says
+    with torch.no_grad():
+        each = blocks.features(np.array([3, 5, 7]), True, flip=np.array([True, False, False]))
+    torch.testing.assert_close(features.detach(), each[[0, 0, 1, 0, 2]])
+    features.float().sum().backward()
+    assert all(p.grad is not None for p in blocks.parameters() if p.requires_grad)
+
+
 def test_without_a_tuned_encoder_the_option_is_ignored_and_the_run_says_so(tmp_path: Path) -> None:
     """The preset sets it, and `--preset flickr8k_best --tune_encoder_epochs 0` (the recipe before the tuned
     encoder) must still run."""
@@ -137,6 +157,29 @@ def test_the_blocks_learn_in_the_cross_entropy_epochs_from_the_one_asked(learnin
     cache = FeatureStore.open(Path(second["tuned_encoder"]["cache_dir"]))
     assert cache.settings["weights_sha256"] == second["tuned_encoder"]["weights_sha256"]
     assert "learn in cross-entropy epochs 2-2" in (xe_learning_run / "train.log").read_text()
+
+
+def test_self_critical_training_starts_from_the_blocks_of_the_best_cross_entropy_epoch(learning_run: Path) -> None:
+    """The blocks learn in epoch 2, which is not the best (this tiny model's dev CIDEr is 0 in both epochs, and
+    the first holds the best): the self-critical epoch goes on from epoch 1's decoder, and from the blocks that
+    decoder learned on, not from those of epoch 2."""
+    root = learning_run.parents[1]
+    later_not_best = ["--epochs", "2", "--xe_encoder_lr", "1e-3", "--xe_encoder_from", "2", "--scst_epochs", "1",
+                "--scst_encoder_lr", "0", "--keep_checkpoints", "5", "--best_metric", "CIDEr"]
+    assert main(["train", *TINY, *later_not_best, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
+                 "--output_dir", str(root / "not_best")]) == 0
+    run = next((root / "not_best").iterdir())
+    assert load_checkpoint(run / "model_epoch_2.pt")["best_epoch"] == 1
+    first, second, self_critical = (load_checkpoint(run / f"model_epoch_{n}.pt")["tuned_encoder"] for n in (1, 2, 3))
+    assert first["weights_sha256"] != second["weights_sha256"]
+    assert self_critical["weights_sha256"] == first["weights_sha256"]
+    assert FeatureStore.open(Path(self_critical["cache_dir"])).settings["weights_sha256"] == first["weights_sha256"]
+    assert "blocks back as the best cross-entropy epoch 1 left them" in (run / "train.log").read_text()
+    # resumed after the cross-entropy epochs: the same blocks, found in epoch 1's checkpoint
+    assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--output_dir", str(root / "not_best")]) == 0
+    resumed = max((root / "not_best").iterdir(), key=lambda folder: folder.stat().st_mtime)
+    assert load_checkpoint(resumed / "model_epoch_3.pt")["tuned_encoder"]["weights_sha256"] == first["weights_sha256"]
+    assert "learn in cross-entropy epochs" not in (resumed / "train.log").read_text()  # none left to run
 
 
 @pytest.mark.slow  # a run of its own

@@ -51,6 +51,29 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Gener
     return [batches[i] for i in permutation]
 
 
+def image_batches(rows: np.ndarray, lengths: list[int], batch_size: int,
+                  generator: torch.Generator) -> list[list[int]]:
+    """Batches that hold all the captions of their images (at most `batch_size` captions, at least one image),
+    images with similar longest captions together, in random order; the same for the same generator.
+
+    For epochs where the encoder's blocks learn: they run once per image of a batch instead of once per caption.
+    """
+    images, inverse = np.unique(rows, return_inverse=True)
+    longest = np.zeros(len(images), dtype=np.int64)
+    np.maximum.at(longest, inverse, np.asarray(lengths))
+    noise = torch.rand(len(images), generator=generator).numpy()
+    captions_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    batches: list[list[int]] = []
+    for image in np.lexsort((noise, longest)):  # by longest caption, ties in random order
+        captions = captions_of[image].tolist()
+        if batches and len(batches[-1]) + len(captions) <= batch_size:
+            batches[-1].extend(captions)
+        else:
+            batches.append(captions)
+    permutation = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in permutation]
+
+
 def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:
     """Captions (B, T) padded with <pad>=0 to the longest of the batch."""
     longest = max(len(examples.captions[i]) for i in indices)

@@ -46,6 +46,11 @@ class TunedEncoder:
         return {"blocks": self.blocks, "state": self.state, "weights_sha256": self.weights_sha256,
                 "base_sha256": self.base_sha256, "cache_dir": self.cache_dir, "history": self.history}
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> TunedEncoder:
+        return cls(saved["blocks"], saved["state"], saved["weights_sha256"], saved["base_sha256"], saved["cache_dir"],
+                   saved.get("history", []))
+
 
 def tune_encoder(encoder: Encoder, blocks: int, below: FeatureStore, targets: torch.Tensor, train_rows: np.ndarray,
                  dev_rows: np.ndarray, epochs: int, learning_rate: float, *, flip: bool, seed: int,

@@ -2,10 +2,11 @@
 epochs, from the captions' own reward, instead of staying as the concepts tuned them; --xe_encoder_lr: in the
 cross-entropy epochs too, from the captions themselves.
 
-Self-critical batches are images (each sampled several times), so the blocks run once per image and sample: a
-fifth of what running them for every caption of the cross-entropy epochs would cost. They read the cached grid
-below them (features/top_blocks.py); after each epoch their output is cached again (features/derive.py), so
-that the dev captions, the checkpoint and a later `captioner evaluate` read the blocks as that epoch left them.
+Self-critical batches are images (each sampled several times), and the cross-entropy epochs where the blocks learn
+batch each image's captions together (training/batches.py), so the blocks run once per image: a fifth of what
+running them for every caption would cost. They read the cached grid below them (features/top_blocks.py); after
+each epoch their output is cached again (features/derive.py), so that the dev captions, the checkpoint and a later
+`captioner evaluate` read the blocks as that epoch left them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class LearningBlocks:
         """These images' features, with gradients into the blocks when `train`."""
         return self.source.features(rows, use_grid, flip=flip, train=train)
 
+    def caption_features(self, rows: np.ndarray, use_grid: bool, *, flip: np.ndarray | None) -> torch.Tensor:
+        """Features of the images of these captions, with gradients: the blocks run once per image, and all its
+        captions see it as the flip of the first says."""
+        images, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        features = self.features(images, use_grid, flip=flip[first] if flip is not None else None)
+        return features[torch.as_tensor(inverse, device=features.device)]
+
     def settle(self, log: Callable[[str], None]) -> tuple[FeatureStore, TunedEncoder]:
         """The blocks as they are now: the cache of their output and what a checkpoint keeps of them."""
         sha = self.encoder.state_sha256()
@@ -52,6 +60,16 @@ class LearningBlocks:
         self.tuned = TunedEncoder(self.tuned.blocks, state, sha, self.tuned.base_sha256,
                                   os.path.abspath(features.folder), self.tuned.history)
         return features, self.tuned
+
+
+    def restore(self, tuned: TunedEncoder, log: Callable[[str], None]) -> FeatureStore:
+        """The blocks back as an earlier epoch left them (`tuned`), and the cache of their output (derived again
+        if it is gone)."""
+        self.top.load_state_dict(tuned.state)
+        self.encoder.weights_sha256, self.tuned = tuned.weights_sha256, tuned
+        if Path(tuned.cache_dir).is_dir():
+            return FeatureStore.open(Path(tuned.cache_dir))
+        return derive_features(self.below, self.top, tuned.weights_sha256, self.device, log=log)
 
 
 def learning_blocks(config: TrainConfig, images: list[Path], tuned: TunedEncoder,

@@ -13,7 +13,8 @@ from captioner.errors import CaptionerError
 from captioner.models.checkpoint import load_checkpoint
 from captioner.models.decoders import DecoderConfig
 from captioner.training.config import STRUCTURE, TrainConfig
-from captioner.training.rundir import weights_of_epoch
+from captioner.training.encoder_tuning import TunedEncoder
+from captioner.training.rundir import checkpoint_of_epoch
 
 if TYPE_CHECKING:
     from captioner.training.trainer import Trainer
@@ -107,9 +108,10 @@ def restore(trainer: Trainer, checkpoint: dict) -> None:
     if checkpoint.get("best_metric", "val_loss") == config.best_metric:
         trainer.best_score, trainer.best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
         if config.scst_epochs and 0 < trainer.best_epoch and checkpoint["epoch"] <= config.epochs:
-            trainer.best_weights = (
-                {k: v.detach().clone() for k, v in trainer.decoder.state_dict().items()}
-                if trainer.best_epoch == checkpoint["epoch"] else _weights_of_epoch(Path(source), trainer.best_epoch))
+            best = checkpoint if trainer.best_epoch == checkpoint["epoch"] else _best_checkpoint(Path(source),
+                                                                                                  trainer.best_epoch)
+            trainer.best_weights = {k: v.detach().clone() for k, v in best["model"].items()}
+            trainer.best_tuned = TunedEncoder.from_dict(best["tuned_encoder"]) if best.get("tuned_encoder") else None
         if config.early_stopping_patience is not None and checkpoint.get("patience_left") is not None:
             trainer.patience_left = min(checkpoint["patience_left"], config.early_stopping_patience)
             if config.restart_patience or skip_to_self_critical:
@@ -120,13 +122,13 @@ def restore(trainer: Trainer, checkpoint: dict) -> None:
         config.decoding = checkpoint.get("train_config", {}).get("decoding")
 
 
-def _weights_of_epoch(checkpoint_path: Path, epoch: int) -> dict:
-    """A resumed run's best cross-entropy weights, for the self-critical epochs to start from, looked up when it
+def _best_checkpoint(checkpoint_path: Path, epoch: int) -> dict:
+    """A resumed run's best cross-entropy epoch, for the self-critical epochs to start from, looked up when it
     resumes so that a missing file fails now, not after the remaining epochs."""
     folder = checkpoint_path.parent
-    weights = weights_of_epoch(folder, epoch)
-    if weights is None:
+    best = checkpoint_of_epoch(folder, epoch)
+    if best is None:
         raise CaptionerError(f"self-critical training starts from the best cross-entropy epoch {epoch}, but neither "
                              f"best.pt nor model_epoch_{epoch}.pt holds it in {folder} or the runs it resumed from; "
                              f"resume from a checkpoint of epoch {epoch} or later whose run still has it")
-    return weights
+    return best

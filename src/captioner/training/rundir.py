@@ -149,9 +149,9 @@ def remove_temporaries(folder: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def weights_of_epoch(run_folder: Path, epoch: int) -> dict | None:
-    """The model weights of an epoch of this run, or of the run it resumed from, and so on: in best.pt if
-    that is the epoch's (later epochs may have replaced it), else in model_epoch_N.pt; None if none holds it."""
+def checkpoint_of_epoch(run_folder: Path, epoch: int) -> dict | None:
+    """The checkpoint of an epoch of this run, or of the run it resumed from, and so on: best.pt if that is the
+    epoch's (later epochs may have replaced it), else model_epoch_N.pt; None if none holds it."""
     folder, seen = run_folder, set()
     while folder not in seen:
         seen.add(folder)
@@ -160,7 +160,7 @@ def weights_of_epoch(run_folder: Path, epoch: int) -> dict | None:
             if candidate.exists():
                 checkpoint = load_checkpoint(candidate)
                 if checkpoint["epoch"] == epoch:
-                    return checkpoint["model"]
+                    return checkpoint
         parent = run.parent_checkpoint()
         if not parent:
             return None

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from captioner.devices import autocast
+from captioner.features.source import FeatureSource
 from captioner.models.decoders import Decoder
 from captioner.progress import progress
 from captioner.training.config import TrainConfig
 from captioner.training.distributed import Processes
+from captioner.training.encoder_tuning import TunedEncoder
 from captioner.training.learning_blocks import LearningBlocks
 from captioner.training.objectives import ReferenceCrossEntropy
 from captioner.training.self_critical import SelfCritical
@@ -37,6 +39,9 @@ class SelfCriticalPhase:
     device: torch.device
     history: list[dict]
     best_weights: dict | None
+    best_tuned: TunedEncoder | None
+    tuned: TunedEncoder | None
+    features: FeatureSource
     best_epoch: int
     _features_of_rows: Callable[..., torch.Tensor]
     log: Callable[[str], None]
@@ -102,6 +107,11 @@ class SelfCriticalPhase:
         c = self.config
         if self.best_weights is not None:
             self.decoder.load_state_dict(self.best_weights)
+        if self.learning is not None and self.best_tuned is not None and (
+                self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
+            self.features, self.tuned = self.learning.restore(self.best_tuned, self.log), self.best_tuned
+            self.log(f"the encoder's last {self.learning.tuned.blocks} blocks back as the best cross-entropy epoch "
+                     f"{self.best_epoch} left them")
         self.optimizer.state.clear()
         self.add_encoder_group()
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"

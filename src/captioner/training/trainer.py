@@ -27,7 +27,7 @@ from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.models.embedding import EmbeddingConfig, build_embedding, sentence_config
 from captioner.progress import progress
 from captioner.training import samples, validation
-from captioner.training.batches import TrainingData, bucketed_batches, pad_captions
+from captioner.training.batches import TrainingData, bucketed_batches, image_batches, pad_captions
 from captioner.training.concept_stage import train_concept_head
 from captioner.training.config import (
     SIDED_WARNING_SHARE,
@@ -73,6 +73,7 @@ class Trainer(SelfCriticalPhase):
         self.concept_history: list[dict] = []  # --concept_epochs: the head's own stage
         self.best_score = math.inf if config.best_metric == "val_loss" else -math.inf
         self.best_weights: dict | None = None  # in memory, for the switch to self-critical training
+        self.best_tuned: TunedEncoder | None = None  # and the blocks they were trained with, if those learn
         self.patience_left = config.early_stopping_patience
         self.files: RunFiles | None = None  # created by run(), on the main process only
         self._dev_references = validation.cleaned_references(data.dev_records[: config.bleu_images])
@@ -93,6 +94,8 @@ class Trainer(SelfCriticalPhase):
     def _batches(self, epoch: int) -> tuple[list[list[int]], torch.Generator]:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         lengths = [len(caption) for caption in self.data.train.captions]
+        if self.blocks_learning:  # the blocks run once per image of a batch: its captions share one
+            return image_batches(self.data.train.rows, lengths, self.config.batch_size, generator), generator
         return bucketed_batches(lengths, self.config.batch_size, generator), generator
 
     def train_step(self, indices: list[int], generator: torch.Generator) -> tuple[float, int]:
@@ -102,9 +105,11 @@ class Trainer(SelfCriticalPhase):
         total_words = sum(len(train.captions[i]) - 1 for i in indices)
         local = self.processes.shard(list(range(len(indices))))
         mine = [indices[i] for i in local]
-        source = self.learning if self.blocks_learning else self.features
-        features = source.features(train.rows[mine], self.decoder.uses_grid,
-                                   flip=flip[local] if flip is not None else None, train=True)
+        flip = flip[local] if flip is not None else None
+        if self.blocks_learning:
+            features = self.learning.caption_features(train.rows[mine], self.decoder.uses_grid, flip=flip)
+        else:
+            features = self.features.features(train.rows[mine], self.decoder.uses_grid, flip=flip, train=True)
         features, captions = features.to(self.device), pad_captions(train, mine).to(self.device)
         with autocast(self.device, self.config.amp):
             loss, cross_entropy = self.objective(self.model, features, captions, total_words, len(indices),
@@ -316,6 +321,7 @@ class Trainer(SelfCriticalPhase):
             self.best_score, self.best_epoch = value, epoch
             if c.scst_epochs:
                 self.best_weights = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+                self.best_tuned = self.tuned
         entry = {"epoch": epoch, "objective": "self-critical" if self_critical else "cross-entropy",
                  "train_loss": train_loss, "val_loss": val_loss, "lr": lr, **scores, "captions_per_s": speed,
                  "peak_memory_mb": peak_memory_mb(self.device), "best": improved}
@@ -347,7 +353,7 @@ class Trainer(SelfCriticalPhase):
                      "and this run has " + ("no tuned encoder" if self.tuned is None else "no self-critical epochs"))
         if c.xe_encoder_lr and self.learning is None:
             self.log("--xe_encoder_lr is ignored: it trains a tuned encoder's blocks, and this run has none")
-        elif c.xe_encoder_lr and c.xe_encoder_from <= c.epochs:
+        elif c.xe_encoder_lr and max(c.xe_encoder_from, self.start_epoch) <= c.epochs:  # epochs left to run
             self.log(f"the encoder's last {self.learning.tuned.blocks} blocks learn in cross-entropy epochs "
                      f"{max(c.xe_encoder_from, self.start_epoch)}-{c.epochs} too, at {c.xe_encoder_lr:.0e} x the "
                      "schedule's share of --learning_rate")
