@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from captioner.training.batches import bucketed_batches, image_batches
+from captioner.training.batches import bucketed_batches, image_batches, image_shares, one_view_per_image
 
 # 7 images with 5 captions each and one with 9: rows as a CaptionExamples holds them (an image's captions in a row)
 ROWS = np.repeat(np.arange(8), [5, 5, 5, 5, 5, 5, 5, 9])
@@ -20,6 +20,19 @@ def test_image_batches_hold_every_caption_once_and_each_image_whole() -> None:
         assert all(np.sum(ROWS[batch] == image) == np.sum(ROWS == image) for image in images)
         assert len(batch) <= 12 or len(images) == 1  # an image with more captions than a batch comes alone
     assert [len(batch) for batch in batches].count(10) >= 2  # two images of five fill a batch of 12 up to ten
+    small = image_batches(ROWS, LENGTHS, 8, torch.Generator().manual_seed(1))
+    assert sorted(len(batch) for batch in small) == [5] * 7 + [9]  # the image of 9 captions alone
+
+
+def test_image_shares_give_each_image_to_one_process_and_one_view() -> None:
+    rows = np.array([4, 4, 7, 4, 9, 7, 2])
+    shares = image_shares(rows, 2)
+    assert sorted(shares[0] + shares[1]) == list(range(len(rows)))
+    assert not set(rows[shares[0]]) & set(rows[shares[1]])
+    assert image_shares(rows, 1) == [list(range(len(rows)))]
+    flip = np.array([True, False, False, False, True, True, False])
+    assert one_view_per_image(rows, flip).tolist() == [True, True, False, True, True, False, False]
+    assert one_view_per_image(rows, None) is None
 
 
 def test_image_batches_put_images_of_similar_longest_caption_together() -> None:

@@ -97,18 +97,18 @@ def test_the_blocks_over_the_cached_grid_give_the_cached_features_and_take_gradi
 
 def test_the_blocks_run_once_per_image_of_a_batch_of_captions(learning_run: Path) -> None:
     kept = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]
-    tuned = TunedEncoder(kept["blocks"], kept["state"], kept["weights_sha256"], kept["base_sha256"],
-                         kept["cache_dir"], kept["history"])
-    blocks = LearningBlocks(tuned_encoder("efficientnet_lite0_random", None, kept), tuned,
+    blocks = LearningBlocks(tuned_encoder("efficientnet_lite0_random", None, kept), TunedEncoder.from_dict(kept),
                             FeatureStore.open(learning_run.parents[1] / "cache"), torch.device("cpu"))
     seen: list[int] = []
     blocks.top.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    rows, flip = np.array([3, 3, 5, 3, 7]), np.array([True, False, False, True, False])
-    features = blocks.caption_features(rows, True, flip=flip)
-    assert seen == [3]  # images 3, 5 and 7; image 3 as its first caption's flip says
-    with torch.no_grad():
-        each = blocks.features(np.array([3, 5, 7]), True, flip=np.array([True, False, False]))
-    torch.testing.assert_close(features.detach(), each[[0, 0, 1, 0, 2]])
+    rows, flip = np.array([3, 3, 5, 3, 7]), np.array([True, False, False, False, False])
+    for use_grid in (True, False):
+        seen.clear()
+        features = blocks.caption_features(rows, use_grid, flip=flip)
+        assert seen == [3]  # images 3, 5 and 7; image 3 as its first caption's flip says
+        with torch.no_grad():
+            each = blocks.features(np.array([3, 5, 7]), use_grid, flip=np.array([True, False, False]))
+        torch.testing.assert_close(features.detach(), each[[0, 0, 1, 0, 2]])
     features.float().sum().backward()
     assert all(p.grad is not None for p in blocks.parameters() if p.requires_grad)
 
@@ -159,26 +159,40 @@ def test_the_blocks_learn_in_the_cross_entropy_epochs_from_the_one_asked(learnin
     assert "learn in cross-entropy epochs 2-2" in (xe_learning_run / "train.log").read_text()
 
 
-def test_self_critical_training_starts_from_the_blocks_of_the_best_cross_entropy_epoch(learning_run: Path) -> None:
+@pytest.fixture(scope="module")
+def not_best_run(learning_run: Path) -> Path:
     """The blocks learn in epoch 2, which is not the best (this tiny model's dev CIDEr is 0 in both epochs, and
-    the first holds the best): the self-critical epoch goes on from epoch 1's decoder, and from the blocks that
-    decoder learned on, not from those of epoch 2."""
+    the first holds the best), then one self-critical epoch."""
     root = learning_run.parents[1]
     later_not_best = ["--epochs", "2", "--xe_encoder_lr", "1e-3", "--xe_encoder_from", "2", "--scst_epochs", "1",
-                "--scst_encoder_lr", "0", "--keep_checkpoints", "5", "--best_metric", "CIDEr"]
-    assert main(["train", *TINY, *later_not_best, "--data_dir", str(root / "shapes"), "--cache_dir", str(root / "cache"),
-                 "--output_dir", str(root / "not_best")]) == 0
+                      "--scst_encoder_lr", "0", "--keep_checkpoints", "5", "--best_metric", "CIDEr"]
+    assert main(["train", *TINY, *later_not_best, "--data_dir", str(root / "shapes"), "--cache_dir",
+                 str(root / "cache"), "--output_dir", str(root / "not_best")]) == 0
     run = next((root / "not_best").iterdir())
-    assert load_checkpoint(run / "model_epoch_2.pt")["best_epoch"] == 1
-    first, second, self_critical = (load_checkpoint(run / f"model_epoch_{n}.pt")["tuned_encoder"] for n in (1, 2, 3))
+    assert load_checkpoint(run / "model_epoch_2.pt")["best_epoch"] == 1, "the premise: epoch 2 is not the best"
+    return run
+
+
+def test_self_critical_training_starts_from_the_blocks_of_the_best_cross_entropy_epoch(not_best_run: Path) -> None:
+    """It goes on from epoch 1's decoder, and from the blocks that decoder learned on, not from epoch 2's."""
+    first, second, self_critical = (load_checkpoint(not_best_run / f"model_epoch_{n}.pt")["tuned_encoder"]
+                                    for n in (1, 2, 3))
     assert first["weights_sha256"] != second["weights_sha256"]
     assert self_critical["weights_sha256"] == first["weights_sha256"]
     assert FeatureStore.open(Path(self_critical["cache_dir"])).settings["weights_sha256"] == first["weights_sha256"]
-    assert "blocks back as the best cross-entropy epoch 1 left them" in (run / "train.log").read_text()
-    # resumed after the cross-entropy epochs: the same blocks, found in epoch 1's checkpoint
-    assert main(["train", "--resume", str(run / "model_epoch_2.pt"), "--output_dir", str(root / "not_best")]) == 0
-    resumed = max((root / "not_best").iterdir(), key=lambda folder: folder.stat().st_mtime)
-    assert load_checkpoint(resumed / "model_epoch_3.pt")["tuned_encoder"]["weights_sha256"] == first["weights_sha256"]
+    assert "blocks back as the best cross-entropy epoch 1 left them" in (not_best_run / "train.log").read_text()
+
+
+@pytest.mark.slow  # a run of its own
+def test_resumed_after_the_cross_entropy_epochs_the_blocks_are_the_best_epochs_too(not_best_run: Path) -> None:
+    """Found in epoch 1's checkpoint; the self-critical epoch ends where the uninterrupted run's did."""
+    assert main(["train", "--resume", str(not_best_run / "model_epoch_2.pt"), "--output_dir",
+                 str(not_best_run.parent)]) == 0
+    resumed = max(not_best_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
+    original, again = (load_checkpoint(run / "model_epoch_3.pt") for run in (not_best_run, resumed))
+    assert again["tuned_encoder"]["weights_sha256"] == original["tuned_encoder"]["weights_sha256"]
+    for key, value in original["model"].items():
+        torch.testing.assert_close(again["model"][key], value)
     assert "learn in cross-entropy epochs" not in (resumed / "train.log").read_text()  # none left to run
 
 

@@ -53,8 +53,9 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Gener
 
 def image_batches(rows: np.ndarray, lengths: list[int], batch_size: int,
                   generator: torch.Generator) -> list[list[int]]:
-    """Batches that hold all the captions of their images (at most `batch_size` captions, at least one image),
-    images with similar longest captions together, in random order; the same for the same generator.
+    """Batches that hold all the captions of their images (as many images as fit in `batch_size` captions; an
+    image with more captions makes a batch of its own), images with similar longest captions together, in random
+    order; the same for the same generator.
 
     For epochs where the encoder's blocks learn: they run once per image of a batch instead of once per caption.
     """
@@ -72,6 +73,21 @@ def image_batches(rows: np.ndarray, lengths: list[int], batch_size: int,
             batches.append(captions)
     permutation = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in permutation]
+
+
+def image_shares(rows: np.ndarray, world_size: int) -> list[list[int]]:
+    """Each process's positions in a batch of captions (`rows`: their images): whole images, dealt round-robin, so
+    that an image's captions go to one process, which runs the blocks once for them."""
+    _, image_of = np.unique(rows, return_inverse=True)
+    return [np.flatnonzero(image_of % world_size == rank).tolist() for rank in range(world_size)]
+
+
+def one_view_per_image(rows: np.ndarray, flip: np.ndarray | None) -> np.ndarray | None:
+    """The mirror choice of each image's first caption, for all its captions."""
+    if flip is None:
+        return None
+    _, first, image_of = np.unique(rows, return_index=True, return_inverse=True)
+    return flip[first][image_of]
 
 
 def pad_captions(examples: CaptionExamples, indices: list[int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ each epoch their output is cached again (features/derive.py), so that the dev ca
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,15 +62,16 @@ class LearningBlocks:
                                   os.path.abspath(features.folder), self.tuned.history)
         return features, self.tuned
 
-
     def restore(self, tuned: TunedEncoder, log: Callable[[str], None]) -> FeatureStore:
-        """The blocks back as an earlier epoch left them (`tuned`), and the cache of their output (derived again
-        if it is gone)."""
+        """The blocks back as an earlier epoch left them (`tuned`), and the cache of their output (checked, and
+        derived again where it is gone or unfinished)."""
         self.top.load_state_dict(tuned.state)
-        self.encoder.weights_sha256, self.tuned = tuned.weights_sha256, tuned
-        if Path(tuned.cache_dir).is_dir():
-            return FeatureStore.open(Path(tuned.cache_dir))
-        return derive_features(self.below, self.top, tuned.weights_sha256, self.device, log=log)
+        self.encoder.weights_sha256 = tuned.weights_sha256
+        kept = Path(tuned.cache_dir)
+        features = derive_features(self.below, self.top, tuned.weights_sha256, self.device,
+                                   folder=kept if kept.is_dir() else None, log=log)
+        self.tuned = dataclasses.replace(tuned, cache_dir=os.path.abspath(features.folder))
+        return features
 
 
 def learning_blocks(config: TrainConfig, images: list[Path], tuned: TunedEncoder,

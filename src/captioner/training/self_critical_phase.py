@@ -109,7 +109,8 @@ class SelfCriticalPhase:
             self.decoder.load_state_dict(self.best_weights)
         if self.learning is not None and self.best_tuned is not None and (
                 self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
-            self.features, self.tuned = self.learning.restore(self.best_tuned, self.log), self.best_tuned
+            self.features = self.learning.restore(self.best_tuned, self.log)
+            self.tuned = self.learning.tuned
             self.log(f"the encoder's last {self.learning.tuned.blocks} blocks back as the best cross-entropy epoch "
                      f"{self.best_epoch} left them")
         self.optimizer.state.clear()

@@ -27,7 +27,14 @@ from captioner.models.decoders import Decoder, DecoderConfig
 from captioner.models.embedding import EmbeddingConfig, build_embedding, sentence_config
 from captioner.progress import progress
 from captioner.training import samples, validation
-from captioner.training.batches import TrainingData, bucketed_batches, image_batches, pad_captions
+from captioner.training.batches import (
+    TrainingData,
+    bucketed_batches,
+    image_batches,
+    image_shares,
+    one_view_per_image,
+    pad_captions,
+)
 from captioner.training.concept_stage import train_concept_head
 from captioner.training.config import (
     SIDED_WARNING_SHARE,
@@ -103,7 +110,11 @@ class Trainer(SelfCriticalPhase):
         train = self.data.train
         flip = (torch.rand(len(indices), generator=generator) < 0.5).numpy() if self.config.augment_flip else None
         total_words = sum(len(train.captions[i]) - 1 for i in indices)
-        local = self.processes.shard(list(range(len(indices))))
+        if self.blocks_learning:  # each image to one process, in one view: the blocks run once for it
+            flip = one_view_per_image(train.rows[indices], flip)
+            local = image_shares(train.rows[indices], self.processes.world_size)[self.processes.rank]
+        else:
+            local = self.processes.shard(list(range(len(indices))))
         mine = [indices[i] for i in local]
         flip = flip[local] if flip is not None else None
         if self.blocks_learning:
@@ -150,8 +161,9 @@ class Trainer(SelfCriticalPhase):
         total, words, captions_seen, started = 0.0, 0, 0, time.perf_counter()
         bar = progress(batches, desc=f"epoch {epoch}", unit="batch", enabled=self.processes.is_main, leave=False)
         for indices in bar:
-            if len(indices) < self.processes.world_size:
-                continue  # a global batch too small to give every process a caption
+            shares = len(np.unique(self.data.train.rows[indices])) if self.blocks_learning else len(indices)
+            if shares < self.processes.world_size:
+                continue  # a global batch too small to give every process a caption (an image, if blocks learn)
             cross_entropy, count = self.train_step(indices, generator)
             total += cross_entropy
             words += count

@@ -92,5 +92,4 @@ def features_of_tuned_checkpoint(config: TrainConfig, images: list[Path], saved:
     features = extract_features(images, config.encoder, image_size=config.image_size, cache_dir=folder,
                                 flip=config.augment_flip, num_workers=config.num_workers, device=config.device,
                                 encoder=encoder.to(device))
-    return features, TunedEncoder(saved["blocks"], saved["state"], saved["weights_sha256"], saved["base_sha256"],
-                                  os.path.abspath(features.folder), saved.get("history", []))
+    return features, TunedEncoder.from_dict({**saved, "cache_dir": os.path.abspath(features.folder)})
