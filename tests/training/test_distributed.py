@@ -87,3 +87,34 @@ def test_merged_shares_are_in_key_order(monkeypatch) -> None:
     monkeypatch.setattr(distributed.dist, "all_gather_object", all_gather_object)
     merged = Processes(rank=0, world_size=2).merge({0: "a", 2: "c", 4: "e"})
     assert list(merged.items()) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+
+
+@pytest.mark.slow  # two runs, one of them under torchrun
+def test_two_processes_match_one_with_the_encoder_blocks_learning(tmp_path: Path) -> None:
+    """--xe_encoder_lr under torchrun: each process gets whole images in one view (training/batches.py
+    image_shares), so the blocks and the decoder learn as with one process. At a small rate: Adam turns the
+    rounding noise of near-zero gradients (summed in another order) into full steps of the blocks' rate."""
+    data = generate_shapes(tmp_path / "shapes", num_images=60, seed=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = train_command(data, tmp_path, "one")
+    command[command.index("--encoder") + 1] = "efficientnet_lite0_random"  # one with blocks to tune
+    learning = ["--image_size", "64", "--tune_encoder_epochs", "1", "--tune_encoder_blocks", "2", "--augment_flip",
+                "--xe_encoder_lr", "1e-5", "--xe_encoder_from", "2", "--keep_checkpoints", "3"]
+    single = subprocess.run([sys.executable, "-m", "captioner", *command, *learning], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    one = only_run(tmp_path / "one")
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "captioner", "train", "--resume", str(one / "model_epoch_1.pt"), "--output_dir",
+                               str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert launched.returncode == 0, launched.stderr
+    two = only_run(tmp_path / "two")
+    first, second = (json.loads((run / "metrics_history.json").read_text())[-1] for run in (one, two))
+    assert second["epoch"] == 2
+    for name in ("train_loss", "val_loss"):
+        assert second[name] == pytest.approx(first[name], rel=1e-4), name
+    blocks_one, blocks_two = (load_checkpoint(run / "model_epoch_2.pt")["tuned_encoder"]["state"] for run in (one, two))
+    tuned = load_checkpoint(one / "model_epoch_1.pt")["tuned_encoder"]["state"]
+    assert any(not torch.equal(tuned[name], value) for name, value in blocks_one.items())  # they learned
+    for name, value in blocks_one.items():
+        torch.testing.assert_close(blocks_two[name], value, atol=3e-4, rtol=1e-3, msg=name)

@@ -125,8 +125,9 @@ class Trainer(SelfCriticalPhase):
         with autocast(self.device, self.config.amp):
             loss, cross_entropy = self.objective(self.model, features, captions, total_words, len(indices),
                                                  self.processes.world_size)
-            if self.concept_loss is not None:  # the head's own loss, on this process's share of the images
-                loss = loss + self.concept_loss(self.decoder, features, train.rows[mine])
+            if self.concept_loss is not None:  # the head's own loss, on this process's share, weighted by its size
+                share = len(mine) * self.processes.world_size / len(indices)  # so the processes' mean is the batch's
+                loss = loss + share * self.concept_loss(self.decoder, features, train.rows[mine])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         encoder_parameters = (self.live.parameters() if self.live is not None
