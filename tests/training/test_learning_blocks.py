@@ -183,28 +183,27 @@ def test_self_critical_training_starts_from_the_blocks_of_the_best_cross_entropy
     assert "blocks back as the best cross-entropy epoch 1 left them" in (not_best_run / "train.log").read_text()
 
 
-@pytest.mark.slow  # a run of its own
-def test_resumed_after_the_cross_entropy_epochs_the_blocks_are_the_best_epochs_too(not_best_run: Path) -> None:
-    """Found in epoch 1's checkpoint; the self-critical epoch ends where the uninterrupted run's did."""
-    assert main(["train", "--resume", str(not_best_run / "model_epoch_2.pt"), "--output_dir",
-                 str(not_best_run.parent)]) == 0
-    resumed = max(not_best_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
-    original, again = (load_checkpoint(run / "model_epoch_3.pt") for run in (not_best_run, resumed))
+def resumed_ends_where_the_run_did(run: Path, epoch: int) -> Path:
+    """Resume `run` from `epoch`; its last epoch (epoch + 1) has the same blocks and decoder. The resumed run."""
+    assert main(["train", "--resume", str(run / f"model_epoch_{epoch}.pt"), "--output_dir", str(run.parent)]) == 0
+    resumed = max(run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
+    original, again = (load_checkpoint(folder / f"model_epoch_{epoch + 1}.pt") for folder in (run, resumed))
     assert again["tuned_encoder"]["weights_sha256"] == original["tuned_encoder"]["weights_sha256"]
     for key, value in original["model"].items():
         torch.testing.assert_close(again["model"][key], value)
+    return resumed
+
+
+@pytest.mark.slow  # a run of its own
+def test_resumed_after_the_cross_entropy_epochs_the_blocks_are_the_best_epochs_too(not_best_run: Path) -> None:
+    """Found in epoch 1's checkpoint; the self-critical epoch ends where the uninterrupted run's did."""
+    resumed = resumed_ends_where_the_run_did(not_best_run, 2)
     assert "learn in cross-entropy epochs" not in (resumed / "train.log").read_text()  # none left to run
 
 
 @pytest.mark.slow  # a run of its own
 def test_resuming_in_the_cross_entropy_epochs_ends_where_the_run_did(xe_learning_run: Path) -> None:
-    assert main(["train", "--resume", str(xe_learning_run / "model_epoch_1.pt"), "--output_dir",
-                 str(xe_learning_run.parent)]) == 0
-    resumed = max(xe_learning_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
-    original, again = (load_checkpoint(run / "model_epoch_2.pt") for run in (xe_learning_run, resumed))
-    assert again["tuned_encoder"]["weights_sha256"] == original["tuned_encoder"]["weights_sha256"]
-    for key, value in original["model"].items():
-        torch.testing.assert_close(again["model"][key], value)
+    resumed_ends_where_the_run_did(xe_learning_run, 1)
 
 
 def test_blocks_learning_in_the_cross_entropy_epochs_refuse_a_per_batch_schedule(tmp_path: Path, capsys) -> None:
