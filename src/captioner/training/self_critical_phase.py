@@ -96,9 +96,13 @@ class SelfCriticalPhase:
             rate = c.scst_encoder_lr if group.get("name") == ENCODER_GROUP else c.scst_lr
             group["lr"] = rate * c.scst_lr_decay ** done
 
+    def encoder_group(self) -> dict | None:
+        """The optimizer's parameter group of the learning blocks, once they have learned."""
+        return next((group for group in self.optimizer.param_groups if group.get("name") == ENCODER_GROUP), None)
+
     def add_encoder_group(self) -> None:
         """The learning blocks' parameters join the optimizer when they first learn (once)."""
-        if self.learning is not None and not any(g.get("name") == ENCODER_GROUP for g in self.optimizer.param_groups):
+        if self.learning is not None and self.encoder_group() is None:
             self.optimizer.add_param_group({"params": self.learning.parameters(), "lr": self.config.scst_encoder_lr,
                                             "name": ENCODER_GROUP})
 

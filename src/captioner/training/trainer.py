@@ -52,7 +52,7 @@ from captioner.training.objectives import ConceptLoss, CrossEntropy, ReferenceCr
 from captioner.training.rundir import RunFiles
 from captioner.training.schedulers import Schedule
 from captioner.training.self_critical import SelfCritical
-from captioner.training.self_critical_phase import ENCODER_GROUP, SelfCriticalPhase
+from captioner.training.self_critical_phase import SelfCriticalPhase
 
 
 class Trainer(SelfCriticalPhase):
@@ -149,10 +149,7 @@ class Trainer(SelfCriticalPhase):
         if self.learning is None or not c.xe_encoder_lr or epoch < c.xe_encoder_from:
             return False
         self.add_encoder_group()
-        share = self.optimizer.param_groups[0]["lr"] / c.learning_rate
-        for group in self.optimizer.param_groups:
-            if group.get("name") == ENCODER_GROUP:
-                group["lr"] = c.xe_encoder_lr * share
+        self.encoder_group()["lr"] = c.xe_encoder_lr * (self.optimizer.param_groups[0]["lr"] / c.learning_rate)
         return True
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
