@@ -183,6 +183,18 @@ def test_self_critical_training_starts_from_the_blocks_of_the_best_cross_entropy
     assert "blocks back as the best cross-entropy epoch 1 left them" in (not_best_run / "train.log").read_text()
 
 
+def test_with_scst_from_last_self_critical_training_goes_on_from_the_last_epochs_blocks(not_best_run: Path) -> None:
+    """Resumed at the end of the cross-entropy epochs with --scst_from last: the self-critical epoch reads epoch 2's
+    blocks (they do not learn in it here), although epoch 1 is the best."""
+    assert main(["train", "--resume", str(not_best_run / "model_epoch_2.pt"), "--scst_from", "last",
+                 "--output_dir", str(not_best_run.parent)]) == 0
+    resumed = max(not_best_run.parent.iterdir(), key=lambda folder: folder.stat().st_mtime)
+    second = load_checkpoint(not_best_run / "model_epoch_2.pt")["tuned_encoder"]["weights_sha256"]
+    assert load_checkpoint(resumed / "model_epoch_3.pt")["tuned_encoder"]["weights_sha256"] == second
+    log = (resumed / "train.log").read_text()
+    assert "from the last cross-entropy epoch 2" in log and "blocks back as" not in log
+
+
 def resumed_ends_where_the_run_did(run: Path, epoch: int) -> Path:
     """Resume `run` from `epoch`; its last epoch (epoch + 1) has the same blocks and decoder. The resumed run."""
     assert main(["train", "--resume", str(run / f"model_epoch_{epoch}.pt"), "--output_dir", str(run.parent)]) == 0

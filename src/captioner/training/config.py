@@ -140,6 +140,9 @@ class TrainConfig:
                                        "schedule's share of --learning_rate; 0: they stay as tuned", low=0, group=RUN)
     xe_encoder_from: int = option(1, "--xe_encoder_lr: the first cross-entropy epoch in which the blocks learn", low=1,
                                   group=RUN)
+    scst_from: str = option("best", "the cross-entropy epoch self-critical training starts from: the best by "
+                                    "--best_metric (default), or the last, where the schedule ends",
+                            choices=("best", "last"), group=RUN)
     scst_samples: int = option(5, "captions sampled per image in self-critical training", low=2, group=RUN)
     scst_xe_weight: float = option(0.0, "add this x the cross-entropy of the references to the self-critical loss "
                                         "(0: off)", low=0, group=RUN)

@@ -107,11 +107,13 @@ class SelfCriticalPhase:
                                             "name": ENCODER_GROUP})
 
     def _start_self_critical(self) -> None:
-        """Continue from the best cross-entropy weights with a fresh optimizer state, at a small learning rate."""
+        """Continue from the best (or, with --scst_from last, the last) cross-entropy weights with a fresh optimizer
+        state, at a small learning rate."""
         c = self.config
-        if self.best_weights is not None:
+        from_best = c.scst_from == "best"
+        if from_best and self.best_weights is not None:
             self.decoder.load_state_dict(self.best_weights)
-        if self.learning is not None and self.best_tuned is not None and (
+        if from_best and self.learning is not None and self.best_tuned is not None and (
                 self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
             self.features = self.learning.restore(self.best_tuned, self.log)
             self.tuned = self.learning.tuned
@@ -123,8 +125,9 @@ class SelfCriticalPhase:
         references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
                       else "the references")
         mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
-        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from the best "
-                 f"cross-entropy epoch {self.best_epoch}, learning rate {c.scst_lr:.0e}"
+        start = f"the best cross-entropy epoch {self.best_epoch}" if from_best else f"the last cross-entropy epoch {self.history[-1]['epoch']}"
+        self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from {start}, "
+                 f"learning rate {c.scst_lr:.0e}"
                  + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")
                  + (f"; the encoder's last {self.learning.tuned.blocks} blocks learn too, at {c.scst_encoder_lr:.0e}"
                     if self.learning is not None and c.scst_encoder_lr else ""))
