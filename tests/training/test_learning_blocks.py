@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from captioner.cli.command import main
+from captioner.errors import CaptionerError
 from captioner.features.derive import derive_features
 from captioner.features.store import FeatureStore
 from captioner.features.top_blocks import TopBlocksFeatures
@@ -111,6 +112,41 @@ def test_the_blocks_run_once_per_image_of_a_batch_of_captions(learning_run: Path
         torch.testing.assert_close(features.detach(), each[[0, 0, 1, 0, 2]])
     features.float().sum().backward()
     assert all(p.grad is not None for p in blocks.parameters() if p.requires_grad)
+
+
+def test_with_fewer_blocks_learning_the_others_are_cached_once_and_give_the_same_features(learning_run: Path) -> None:
+    kept = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]
+    encoder = tuned_encoder("efficientnet_lite0_random", None, kept)
+    below = FeatureStore.open(learning_run.parents[1] / "cache")
+    blocks = LearningBlocks(encoder, TunedEncoder.from_dict(kept), below, torch.device("cpu"), learning=1,
+                            log=lambda line: None)
+    assert blocks.below.folder != below.folder and blocks.below.folder.name.startswith("cache_frozen1_")
+    last = {id(p) for p in encoder.split(1)[1].parameters()}
+    assert {id(p) for p in blocks.parameters()} == last  # the first tuned block does not learn
+    rows, flip = np.arange(5), np.array([False, True, False, True, True])
+    with torch.no_grad():
+        features = blocks.features(rows, True, flip=flip, train=False)
+    cached = FeatureStore.open(Path(kept["cache_dir"])).features(rows, True, flip=flip).float()
+    torch.testing.assert_close(features.float(), cached, atol=0.05, rtol=0.05)  # via a float16 cache in between
+    again = LearningBlocks(encoder, TunedEncoder.from_dict(kept), below, torch.device("cpu"), learning=1,
+                           log=lambda line: pytest.fail(f"the cache was built again: {line}"))
+    assert again.below.folder == blocks.below.folder
+    with pytest.raises(CaptionerError, match="--learning_blocks 3"):
+        LearningBlocks(encoder, TunedEncoder.from_dict(kept), below, torch.device("cpu"), learning=3)
+
+
+@pytest.mark.slow  # a run of its own
+def test_with_fewer_blocks_learning_only_those_change(learning_run: Path) -> None:
+    root = learning_run.parents[1]
+    assert main(["train", *TINY, *XE_LEARNING, "--learning_blocks", "1", "--data_dir", str(root / "shapes"),
+                 "--cache_dir", str(root / "cache"), "--output_dir", str(root / "one_learning")]) == 0
+    run = next((root / "one_learning").iterdir())
+    first, second = (load_checkpoint(run / f"model_epoch_{n}.pt")["tuned_encoder"] for n in (1, 2))
+    changed = {key for key, value in first["state"].items() if not torch.equal(second["state"][key], value)}
+    assert changed and all(not key.startswith("0.") for key in changed)  # block 0 of the two stays as tuned
+    cache = FeatureStore.open(Path(second["cache_dir"]))
+    assert cache.settings["weights_sha256"] == second["weights_sha256"]
+    assert "the last 1 of the encoder's 2 tuned blocks learn" in (run / "train.log").read_text()
 
 
 def test_without_a_tuned_encoder_the_option_is_ignored_and_the_run_says_so(tmp_path: Path) -> None:

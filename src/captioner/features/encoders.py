@@ -111,11 +111,7 @@ class Encoder(nn.Module):
 
     def state_sha256(self) -> str:
         """A checksum of the trunk's weights as they are now: names a tuned encoder's features."""
-        digest = hashlib.sha256()
-        for name, tensor in self.trunk.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return module_sha256(self.trunk)
 
     @torch.no_grad()
     def grid_shape(self, image_size: int) -> tuple[int, int, int]:
@@ -351,3 +347,12 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 def file_sha256(path: Path) -> str:
     stat = os.stat(path)
     return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def module_sha256(module: nn.Module) -> str:
+    """A checksum of a module's weights as they are now."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -140,6 +140,9 @@ class TrainConfig:
                                        "schedule's share of --learning_rate; 0: they stay as tuned", low=0, group=RUN)
     xe_encoder_from: int = option(1, "--xe_encoder_lr: the first cross-entropy epoch in which the blocks learn", low=1,
                                   group=RUN)
+    learning_blocks: int | None = option(None, "--xe_encoder_lr, --scst_encoder_lr: how many of the tuned blocks (the "
+                                               "last ones) learn; the grid after the others is cached once, so a step "
+                                               "costs less (default: all of them)", low=1, group=RUN)
     scst_from: str = option("best", "the cross-entropy epoch self-critical training starts from: the best by "
                                     "--best_metric (default), or the last, where the schedule ends",
                             choices=("best", "last"), group=RUN)
@@ -221,6 +224,9 @@ def check_options(config: TrainConfig) -> None:
         if not config.num_concepts:
             raise CaptionerError("--tune_encoder_epochs tunes the encoder to tell the captions' concepts; "
                                  "--num_concepts 0 leaves none")
+    if config.learning_blocks and config.learning_blocks > config.tune_encoder_blocks:
+        raise CaptionerError(f"--learning_blocks {config.learning_blocks}: only the {config.tune_encoder_blocks} "
+                             "tuned blocks (--tune_encoder_blocks) can learn")
     if config.xe_encoder_lr and config.use_scheduler and config.schedule.scheduler_type == "one_cycle":
         raise CaptionerError("--xe_encoder_lr follows the decoder's schedule epoch by epoch; --scheduler_type "
                              "one_cycle changes the rate at every batch: choose another schedule")

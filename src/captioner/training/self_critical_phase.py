@@ -117,7 +117,7 @@ class SelfCriticalPhase:
                 self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
             self.features = self.learning.restore(self.best_tuned, self.log)
             self.tuned = self.learning.tuned
-            self.log(f"the encoder's last {self.learning.tuned.blocks} blocks back as the best cross-entropy epoch "
+            self.log(f"{self.learning.description} back as the best cross-entropy epoch "
                      f"{self.best_epoch} left them")
         self.optimizer.state.clear()
         self.add_encoder_group()
@@ -129,5 +129,5 @@ class SelfCriticalPhase:
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from {start}, "
                  f"learning rate {c.scst_lr:.0e}"
                  + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")
-                 + (f"; the encoder's last {self.learning.tuned.blocks} blocks learn too, at {c.scst_encoder_lr:.0e}"
+                 + (f"; {self.learning.description} learn too, at {c.scst_encoder_lr:.0e}"
                     if self.learning is not None and c.scst_encoder_lr else ""))

@@ -364,7 +364,7 @@ class Trainer(SelfCriticalPhase):
         if c.xe_encoder_lr and self.learning is None:
             self.log("--xe_encoder_lr is ignored: it trains a tuned encoder's blocks, and this run has none")
         elif c.xe_encoder_lr and max(c.xe_encoder_from, self.start_epoch) <= c.epochs:  # epochs left to run
-            self.log(f"the encoder's last {self.learning.tuned.blocks} blocks learn in cross-entropy epochs "
+            self.log(f"{self.learning.description} learn in cross-entropy epochs "
                      f"{max(c.xe_encoder_from, self.start_epoch)}-{c.epochs} too, at {c.xe_encoder_lr:.0e} x the "
                      "schedule's share of --learning_rate")
         unused = unused_schedule_options(c)
