@@ -78,6 +78,14 @@ def test_resuming_learned_blocks_without_learning_is_refused(learning_run: Path,
     assert "--scst_encoder_lr" in capsys.readouterr().err
 
 
+def test_resuming_learned_blocks_with_other_learning_blocks_is_refused(learning_run: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    """The optimizer's state holds the moments of the blocks that learned: another set would not fit it."""
+    assert main(["train", "--resume", str(learning_run / "model_epoch_2.pt"), "--learning_blocks", "1",
+                 "--output_dir", str(tmp_path / "runs")]) == 2
+    assert "--learning_blocks 2" in capsys.readouterr().err
+
+
 def test_the_blocks_over_the_cached_grid_give_the_cached_features_and_take_gradients(learning_run: Path) -> None:
     kept = load_checkpoint(learning_run / "model_epoch_1.pt")["tuned_encoder"]
     top = tuned_encoder("efficientnet_lite0_random", None, kept).split(2)[1]

@@ -174,6 +174,15 @@ def test_self_critical_epochs_follow_the_cross_entropy_ones(shapes: Path, tmp_pa
     assert any(line.startswith("best epoch:") and "dev CIDEr" in line for line in summary)
 
 
+@pytest.mark.parametrize("scst_from", ["best", "last"])
+def test_self_critical_epochs_alone_start_from_the_weights_the_run_began_with(shapes: Path, tmp_path: Path,
+                                                                             scst_from: str) -> None:
+    run = build_trainer(small(shapes, tmp_path, epochs=0, scst_epochs=1, scst_samples=3, best_metric="CIDEr",
+                              max_images=40, scst_from=scst_from), ["captioner"]).run()
+    assert [e["objective"] for e in history(run)] == ["self-critical"]
+    assert "from the weights it started from" in (run / "train.log").read_text()
+
+
 def test_self_critical_with_the_references_cross_entropy_mixed_in(shapes: Path, tmp_path: Path) -> None:
     options = dict(epochs=1, scst_epochs=1, scst_samples=3, best_metric="CIDEr", max_images=40, seed=5)
     plain = history(build_trainer(small(shapes, tmp_path, **options), ["captioner"]).run())

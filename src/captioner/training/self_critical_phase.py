@@ -125,7 +125,9 @@ class SelfCriticalPhase:
         references = (f"{c.scst_xe_references} reference(s) per image drawn at random" if c.scst_xe_references
                       else "the references")
         mixed = f", plus {c.scst_xe_weight:g} x the cross-entropy of {references}" if c.scst_xe_weight else ""
-        start = f"the best cross-entropy epoch {self.best_epoch}" if from_best else f"the last cross-entropy epoch {self.history[-1]['epoch']}"
+        start = (f"the best cross-entropy epoch {self.best_epoch}" if from_best and self.best_epoch
+                 else f"the last cross-entropy epoch {self.history[-1]['epoch']}" if self.history
+                 else "the weights it started from")
         self.log(f"self-critical training ({reward} reward, {c.scst_samples} samples per image{mixed}) from {start}, "
                  f"learning rate {c.scst_lr:.0e}"
                  + (f", x {c.scst_lr_decay:g} after each epoch" if c.scst_lr_decay != 1 else "")

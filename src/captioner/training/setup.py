@@ -102,11 +102,11 @@ def build_trainer(config: TrainConfig, command: list[str] | None = None) -> Trai
         if learned and learning is None:
             raise CaptionerError(f"{config.resume}'s encoder blocks were learning (--xe_encoder_lr, "
                                  "--scst_encoder_lr); resume it with the rate of the epochs that follow above 0")
-        was = parent.get("train_config", {}).get("learning_blocks")
-        if learned and was != config.learning_blocks:
-            raise CaptionerError(f"{config.resume}'s optimizer holds the state of --learning_blocks {was or 'all'}; "
-                                 f"resume it with that, not {config.learning_blocks or 'all'}")
         if learned:
+            was = parent.get("train_config", {}).get("learning_blocks") or tuned.blocks
+            if was != learning.learning:
+                raise CaptionerError(f"{config.resume}'s optimizer holds the state of --learning_blocks {was}; "
+                                     f"resume it with that, not {learning.learning}")
             trainer.add_encoder_group()  # before the optimizer state that holds it is loaded
         restore(trainer, parent)
         if last_objective(parent) == "self-critical":
