@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from captioner.errors import CaptionerError
-from captioner.features.derive import derive_features, derived_folder
+from captioner.features.derive import derive_features
 from captioner.features.encoders import Encoder, module_sha256
 from captioner.features.store import FeatureStore
 from captioner.features.top_blocks import TopBlocksFeatures
@@ -77,8 +77,7 @@ class LearningBlocks:
         """The blocks as they are now: the cache of their output and what a checkpoint keeps of them."""
         sha = self.encoder.state_sha256()
         self.encoder.weights_sha256 = sha
-        features = derive_features(self.below, self.source.top, sha, self.device,
-                                   folder=derived_folder(self.below, sha), log=log)
+        features = derive_features(self.below, self.source.top, sha, self.device, log=log)
         state = {name: value.detach().cpu().clone() for name, value in self.top.state_dict().items()}
         self.tuned = TunedEncoder(self.tuned.blocks, state, sha, self.tuned.base_sha256,
                                   os.path.abspath(features.folder), self.tuned.history)
@@ -91,8 +90,7 @@ class LearningBlocks:
         self.encoder.weights_sha256 = tuned.weights_sha256
         kept = Path(tuned.cache_dir)
         features = derive_features(self.below, self.source.top, tuned.weights_sha256, self.device,
-                                   folder=kept if kept.is_dir() else derived_folder(self.below, tuned.weights_sha256),
-                                   log=log)
+                                   folder=kept if kept.is_dir() else None, log=log)
         self.tuned = dataclasses.replace(tuned, cache_dir=os.path.abspath(features.folder))
         return features
 

@@ -111,14 +111,15 @@ class SelfCriticalPhase:
         state, at a small learning rate."""
         c = self.config
         from_best = c.scst_from == "best"
-        if from_best and self.best_weights is not None:
-            self.decoder.load_state_dict(self.best_weights)
-        if from_best and self.learning is not None and self.best_tuned is not None and (
-                self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
-            self.features = self.learning.restore(self.best_tuned, self.log)
-            self.tuned = self.learning.tuned
-            self.log(f"{self.learning.description} back as the best cross-entropy epoch "
-                     f"{self.best_epoch} left them")
+        if from_best:
+            if self.best_weights is not None:
+                self.decoder.load_state_dict(self.best_weights)
+            if self.learning is not None and self.best_tuned is not None and (
+                    self.best_tuned.weights_sha256 != self.learning.tuned.weights_sha256):
+                self.features = self.learning.restore(self.best_tuned, self.log)
+                self.tuned = self.learning.tuned
+                self.log(f"{self.learning.description} back as the best cross-entropy epoch "
+                         f"{self.best_epoch} left them")
         self.optimizer.state.clear()
         self.add_encoder_group()
         reward = f"CIDEr-D + {c.scst_bleu_weight:g} x BLEU-4" if c.scst_bleu_weight else "CIDEr-D"
