@@ -88,7 +88,9 @@ def test_caption_page_upload_and_hover(server, browser, tiny_checkpoint: Path, t
     browser.execute_script("document.getElementById('settings').scrollIntoView()")
     screenshot(browser, tmp_path, "caption_page_settings")
     # a recommendation blocking longer sequences than word pairs names them on the checkbox too
-    browser.execute_script("useRecommended({strategy: 'beam', beam_size: 3, no_repeat_ngram: 3})")
+    browser.execute_script("useRecommended({strategy: 'beam', beam_size: 5, length_penalty: 1.15, no_repeat_ngram: 3})")
+    # flickr8k_best's length penalty is a valid value of the field (a step of 0.1 once refused it)
+    assert browser.execute_script("return document.getElementById('length_penalty').checkValidity()")
     assert browser.find_element(By.ID, "no_repeat_ngram-text").text == "Never repeat a sequence of 3 words"
     assert browser.find_element(By.ID, "no_repeat_ngram").get_attribute("value") == "3"
     browser.set_window_size(390, 844)  # a phone-sized window

@@ -131,7 +131,7 @@ def add_decoding_args(parser: argparse.ArgumentParser, recommended: bool = True)
     if recommended:
         flag(group, "--recommended", action="store_true",
              help="decode as the model's training preset recommends (stored in the checkpoint; for flickr8k_best: "
-                  "beam 3, length penalty 1, --flip_average, --no_repeat_ngram 2); flags given explicitly win")
+                  "beam 5, length penalty 1.15, --flip_average, --no_repeat_ngram 2); flags given explicitly win")
     for spec in specs(DecodeSettings):
         if spec.cli:
             add_spec(group, spec, dest="sample_seed" if spec.name == "seed" else spec.name)

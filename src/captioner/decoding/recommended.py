@@ -9,11 +9,13 @@ from captioner.decoding.settings import RECOMMENDABLE
 from captioner.errors import CaptionerError
 from captioner.models.loading import trained_settings
 
-# How each preset's models caption best. flickr8k_best: beam 3, length penalty 1, each word's probability averaged
-# over the image and its mirror image, and no word pair twice (chosen on dev; the block also keeps out the repeated
-# phrases of the self-critical model, such as "a woman and a woman are walking down the street").
+# How each preset's models caption best. flickr8k_best: beam 5, length penalty 1.15, each word's probability
+# averaged over the image and its mirror image, and no word pair twice (chosen on dev over beams 2-5 and length
+# penalties 0.7-1.3: with the blocks learning in the cross-entropy epochs, beam 5 at 1.15 lifts CIDEr, BLEU-4,
+# METEOR and ROUGE-L over beam 3 at 1 for each of three models; the block also keeps out the repeated phrases of
+# the self-critical model, such as "a woman and a woman are walking down the street").
 DECODING: dict[str, dict[str, object]] = {
-    "flickr8k_best": {"strategy": "beam", "beam_size": 3, "length_penalty": 1.0, "flip_average": True,
+    "flickr8k_best": {"strategy": "beam", "beam_size": 5, "length_penalty": 1.15, "flip_average": True,
                       "no_repeat_ngram": 2},
 }
 
